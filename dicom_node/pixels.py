@@ -40,7 +40,7 @@ def load_slices(slots: list[Frame | None], shape: tuple[int, int]) -> tuple[np.n
         if frame is not None:
             by_path[frame.path].append((k, frame))
     for path, entries in by_path.items():
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, force=True)  # scanned already: a DICOM dataset
         pixels = ds.pixel_array
         for k, frame in entries:
             plane = pixels[frame.frame_number - 1] if frame.frame_number is not None else pixels

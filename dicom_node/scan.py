@@ -64,12 +64,24 @@ def iter_files(root: Path) -> Iterable[Path]:
             yield Path(dirpath) / name
 
 
+def read_header(path: Path) -> Dataset:
+    """Read a DICOM file lazily; files without the Part 10 preamble are accepted when they
+    hold a dataset with a SOP Instance UID (older systems write such raw datasets)."""
+    try:
+        return pydicom.dcmread(path, defer_size=_DEFER_SIZE)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE, force=True)
+        if "SOPInstanceUID" not in ds:
+            raise
+        return ds
+
+
 def scan_folder(root: Path, rules: DixonRules) -> ScanResult:
     """Index every DICOM image below ``root``; non-images become ``problems`` entries."""
     result = ScanResult()
     for path in iter_files(root):
         try:
-            ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
+            ds = read_header(path)
         except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as exc:
             result.problems.append(f"{path}: not a readable DICOM file ({_short(exc)})")
             continue
