@@ -1,0 +1,194 @@
+"""Synthetic two-leg thigh anatomy, knee to hip, as label, water and fat volumes.
+
+A test phantom must make a segmentation model earn its result the way real Dixon images do:
+healthy muscles have the same intensity and are told apart only by thin fat septa and by their
+place in the anatomy, fat-replaced muscles blend into the fat around them, and subjects differ
+in size, shape, rotation, position and fat. Everything random about a subject is drawn once
+from its seed into a :class:`Subject`; :func:`render` then samples the anatomy on any voxel
+grid, so the same subject gives the same truth whatever the stacks or their orientation.
+
+Patient coordinates are DICOM LPS mm. The knee joint line is at ``z = 0``; the anatomy runs
+from the tibial plateau (about 40 mm below it) to the lower abdomen (about 640 mm above it,
+scaled by the subject's length), see :attr:`Subject.z_range_mm`. At mid-thigh the thighs are
+centred at ``x`` about +-(85..125) mm (patient right is negative ``x``) and ``y`` about
+10..25 mm; the scanner table (posterior skin) is at ``y`` about 110 mm; the hips span about
++-200 mm in ``x`` and -110..110 mm in ``y``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+import numpy as np
+from scipy import ndimage
+
+from inference.geometry import VolumeGeometry
+from inference.phantom.fields import draw_waves
+from inference.phantom.infiltration import Infiltration, draw_fat_parameters
+from inference.phantom.layout import CELLS, H_BOTTOM, H_TOP
+from inference.phantom.section import SectionRenderer, muscle_structures
+
+__all__ = ["Infiltration", "PhantomVolumes", "Subject", "make_subject", "render"]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Every per-subject random parameter, drawn once from the seed (see make_subject)."""
+
+    seed: int
+    infiltration: Infiltration
+    length_scale: float  # thigh length relative to the nominal anatomy
+    girth_scale: float  # muscle and bone cross-section size relative to nominal
+    leg_scale: tuple[float, float]  # (right, left) extra size factor: left/right asymmetry
+    subcutaneous_mm: float  # subcutaneous fat thickness at mid-thigh
+    subcutaneous_shape: tuple[float, float]  # extra medial and posterior fat (fractions)
+    rotation_deg: tuple[float, float]  # external rotation of each leg about its long axis
+    abduction_deg: tuple[float, float]  # how far each leg is spread from the anatomical axis
+    knee_lift_mm: tuple[float, float]  # knee raised (+) or lowered from the nominal posture
+    offset_mm: tuple[float, float]  # (x, y) position of the body in the field of view
+    septum_mm: float  # typical thickness of the fat septa between muscles
+    bladder_fill: float  # bladder size factor
+    disease: str  # fat replacement pattern ("healthy" or a PATTERNS key)
+    stage: float  # disease stage 0..1
+    # Per-structure and per-wave tables (arrays; equal subjects have equal seeds).
+    cell_jitter: np.ndarray = field(compare=False, repr=False)  # [2, n_cells, 6]
+    fat_params: np.ndarray = field(compare=False, repr=False)  # [2, n_structures, 5]
+    waves: np.ndarray = field(compare=False, repr=False)  # fields.draw_waves
+    bias: np.ndarray = field(compare=False, repr=False)  # signals.bias_field coefficients
+
+    @property
+    def z_range_mm(self) -> tuple[float, float]:
+        """LPS z of the knee end (tibial plateau) and of the top of the anatomy."""
+        return (H_BOTTOM * self.length_scale, H_TOP * self.length_scale)
+
+
+@dataclass
+class PhantomVolumes:
+    """Noise-free truth on a grid: labels and the water and fat signal fractions."""
+
+    labels: np.ndarray  # int16 [k, j, i]: 0 background, right muscle n -> n, left -> 100 + n
+    water: np.ndarray  # float32 [k, j, i]: water signal fraction of the voxel (0..1)
+    fat: np.ndarray  # float32 [k, j, i]: fat signal fraction; water + fat = proton density
+
+
+def make_subject(seed: int, infiltration: Infiltration) -> Subject:
+    """Draw a subject. The anatomy depends on ``seed`` only; the fat pattern on both."""
+    if infiltration not in ("low", "high"):
+        raise ValueError(f"infiltration must be 'low' or 'high', not {infiltration!r}")
+    rng = np.random.default_rng([seed, 0])
+    jitter = np.empty((2, len(CELLS), 6))
+    common_shift = rng.normal(0.0, 2.5, (len(CELLS), 2))
+    structures = sorted({cell.name for cell in CELLS})
+    common_size = {name: rng.lognormal(0.0, 0.08) for name in structures}
+    for side in range(2):
+        jitter[side, :, 0:2] = common_shift + rng.normal(0.0, 1.0, (len(CELLS), 2))
+        jitter[side, :, 2] = [common_size[c.name] * (1 + rng.normal(0.0, 0.03)) for c in CELLS]
+        jitter[side, :, 3] = rng.uniform(0.0, 2.5, len(CELLS))  # wobble amplitude mm
+        jitter[side, :, 4] = rng.uniform(120.0, 300.0, len(CELLS))  # wobble wavelength mm
+        jitter[side, :, 5] = rng.uniform(0.0, 2.0 * np.pi, len(CELLS))  # wobble phase
+    anatomy = dict(
+        length_scale=float(rng.uniform(0.93, 1.04)),
+        girth_scale=float(rng.uniform(0.9, 1.1)),
+        leg_scale=tuple(float(v) for v in 1.0 + rng.uniform(-0.03, 0.03, 2)),
+        subcutaneous_mm=float(np.clip(rng.lognormal(np.log(13.0), 0.4), 5.0, 32.0)),
+        subcutaneous_shape=(float(rng.uniform(0.1, 0.5)), float(rng.uniform(0.0, 0.35))),
+        rotation_deg=tuple(float(v) for v in rng.uniform(-4.0, 15.0, 2)),
+        abduction_deg=tuple(float(v) for v in rng.uniform(-1.0, 3.0, 2)),
+        knee_lift_mm=tuple(float(v) for v in rng.normal(0.0, 6.0, 2)),
+        offset_mm=(float(rng.uniform(-15.0, 15.0)), float(rng.uniform(-10.0, 10.0))),
+        septum_mm=float(rng.uniform(0.6, 1.2)),
+        bladder_fill=float(rng.uniform(0.5, 1.2)),
+    )
+    waves = draw_waves(rng)
+    bias = rng.normal(0.0, 1.0, 12)
+    fat_rng = np.random.default_rng([seed, 1, 0 if infiltration == "low" else 1])
+    disease, stage, fat_params = draw_fat_parameters(
+        fat_rng, infiltration, tuple(code for _, code in muscle_structures()))
+    for array in (jitter, fat_params, waves, bias):
+        array.flags.writeable = False
+    return Subject(seed=seed, infiltration=infiltration, disease=disease, stage=stage,
+                   cell_jitter=jitter, fat_params=fat_params, waves=waves, bias=bias, **anatomy)
+
+
+def render(subject: Subject, geometry: VolumeGeometry) -> PhantomVolumes:
+    """Sample the subject on ``geometry``: axial grids directly, others via an axial grid."""
+    axes = _axis_permutation(geometry)
+    if axes is not None:
+        return _render_axis_aligned(subject, geometry, axes)
+    return _render_oblique(subject, geometry)
+
+
+@lru_cache(maxsize=4)
+def _renderer(subject: Subject) -> SectionRenderer:
+    """The subject's precomputed anatomy tables (reused when it is rendered again)."""
+    return SectionRenderer(subject)
+
+
+def _axis_permutation(geometry: VolumeGeometry) -> list[tuple[int, float]] | None:
+    """For a grid whose slices are axial, the (patient axis, sign) of each array axis."""
+    dirs = [geometry.slice_dir, geometry.col_dir, geometry.row_dir]
+    result = []
+    for vector in dirs:
+        v = np.asarray(vector, dtype=float)
+        axis = int(np.argmax(np.abs(v)))
+        if abs(abs(v[axis]) - 1.0) > 1e-6:
+            return None
+        result.append((axis, float(np.sign(v[axis]))))
+    if result[0][0] != 2 or {result[1][0], result[2][0]} != {0, 1}:
+        return None
+    return result
+
+
+def _render_axis_aligned(subject: Subject, geometry: VolumeGeometry,
+                         axes: list[tuple[int, float]]) -> PhantomVolumes:
+    origin = np.asarray(geometry.origin, dtype=float)
+    coords = {}
+    for array_axis, (patient_axis, sign) in enumerate(axes):
+        n = geometry.shape[array_axis]
+        values = origin[patient_axis] + sign * geometry.spacing[array_axis] * np.arange(n)
+        coords[patient_axis] = (values, sign, array_axis)
+    xs, ys, zs = (np.sort(coords[axis][0]) for axis in range(3))
+    labels, water, fat = _renderer(subject).render_grid(xs, ys, zs)
+    # The renderer's arrays are [z, y, x] ascending; bring them to the grid's axis order.
+    order = [2, 1, 0]  # patient axis of each rendered array axis
+    flips = tuple(ax for ax, pat in enumerate(order) if coords[pat][1] < 0)
+    target = [coords[pat][2] for pat in order]  # where each rendered axis must go
+    permutation = np.argsort(target)
+
+    def arrange(array: np.ndarray) -> np.ndarray:
+        if flips:
+            array = np.flip(array, axis=flips)
+        return np.ascontiguousarray(array.transpose(permutation))
+
+    return PhantomVolumes(arrange(labels), arrange(water), arrange(fat))
+
+
+def _render_oblique(subject: Subject, geometry: VolumeGeometry) -> PhantomVolumes:
+    """Render an axial grid around ``geometry`` and resample (labels nearest, rest linear)."""
+    nk, nj, ni = geometry.shape
+    corners = np.array([[k, j, i] for k in (0, nk - 1) for j in (0, nj - 1)
+                        for i in (0, ni - 1)], dtype=float)
+    points = geometry.voxel_to_lps(corners)
+    pixel = min(geometry.spacing[1], geometry.spacing[2])
+    dz = min(geometry.spacing[0], 2.0 * pixel)
+    low = points.min(axis=0) - [pixel, pixel, dz]
+    high = points.max(axis=0) + [pixel, pixel, dz]
+    xs = np.arange(low[0], high[0] + pixel, pixel)
+    ys = np.arange(low[1], high[1] + pixel, pixel)
+    zs = np.arange(low[2], high[2] + dz, dz)
+    labels, water, fat = _renderer(subject).render_grid(xs, ys, zs)
+    out_labels = np.zeros(geometry.shape, dtype=np.int16)
+    out_water = np.zeros(geometry.shape, dtype=np.float32)
+    out_fat = np.zeros(geometry.shape, dtype=np.float32)
+    jj, ii = np.meshgrid(np.arange(nj), np.arange(ni), indexing="ij")
+    steps = np.array([dz, pixel, pixel])
+    start = np.array([zs[0], ys[0], xs[0]])
+    for k in range(nk):
+        kji = np.stack([np.full(jj.shape, k, dtype=float), jj, ii], axis=-1)
+        lps = geometry.voxel_to_lps(kji)
+        idx = (lps[..., ::-1] - start) / steps  # fractional (z, y, x) indices
+        coords = np.moveaxis(idx, -1, 0)
+        out_labels[k] = ndimage.map_coordinates(labels, coords, order=0, mode="constant")
+        out_water[k] = ndimage.map_coordinates(water, coords, order=1, mode="constant")
+        out_fat[k] = ndimage.map_coordinates(fat, coords, order=1, mode="constant")
+    return PhantomVolumes(out_labels, out_water, out_fat)
