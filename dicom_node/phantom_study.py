@@ -113,11 +113,11 @@ def study_info(options: PhantomOptions) -> StudyInfo:
 def truth_summary(volumes: PhantomVolumes, geometry: VolumeGeometry) -> dict:
     """True volume and mean noise-free FF of every muscle and side present."""
     table = load_muscles()
-    labels = volumes.labels.ravel()
-    total = (volumes.water + volumes.fat).ravel()
-    ff = np.divide(
-        100.0 * volumes.fat.ravel(), total, out=np.zeros_like(total), where=total > 0
-    )
+    inside = volumes.labels > 0
+    labels = volumes.labels[inside]
+    fat = volumes.fat[inside]
+    total = volumes.water[inside] + fat
+    ff = np.divide(100.0 * fat, total, out=np.zeros_like(total), where=total > 0)
     counts = np.bincount(labels, minlength=201)
     sums = np.bincount(labels, weights=ff, minlength=201)
     muscles = []
@@ -134,8 +134,7 @@ def truth_summary(volumes: PhantomVolumes, geometry: VolumeGeometry) -> dict:
                 "ff_mean_pct": round(float(sums[label] / counts[label]), 3),
             }
         )
-    muscle_voxels = labels > 0
-    overall = float(ff[muscle_voxels].mean()) if muscle_voxels.any() else float("nan")
+    overall = float(ff.mean()) if ff.size else float("nan")
     return {"muscles": muscles, "overall_ff_pct": round(overall, 3)}
 
 

@@ -6,8 +6,8 @@ that grid are copied; others (different in-plane grid, orientation or slice latt
 resampled with trilinear interpolation.
 
 Overlaps are blended with linear feathering: a stack's weight at a slice is its distance to
-the stack's nearest end (plus half a slice), so the blend crosses over linearly from one stack
-to the next. Coil sensitivity and distortion are worst at the ends of a stack, so this favours
+the stack's nearest end (zero at its end slice), so the blend crosses over linearly from one
+stack to the next. Coil sensitivity and distortion are worst at the ends of a stack, so this favours
 each stack's centre and leaves no step at the seams. (Huysmans 2023 stitched the stacks
 without saying how; Rohm 2021 blended 3-slice overlaps, which is the same idea over a shorter
 distance.) Before blending, each stack's magnitude roles can be scaled by one gain estimated in
@@ -112,7 +112,9 @@ def plan_stitch(stacks: list[Stack]) -> StitchPlan:
             s_dz = stack.geometry.spacing[0]
             position = (z - s_lo) / s_dz
             if -ON_GRID_TOLERANCE <= position <= stack.geometry.shape[0] - 1 + ON_GRID_TOLERANCE:
-                weight = max(min(z - s_lo, s_hi - z), 0.0) + s_dz / 2
+                # Zero at the stack's end slice (the tiny floor keeps an end that no other
+                # stack covers).
+                weight = max(min(z - s_lo, s_hi - z), 0.0) + 1e-3 * s_dz
                 entries.append(SliceSource(stack.index, float(position), float(weight)))
         total = sum(e.weight for e in entries) or 1.0
         sources.append([SliceSource(e.stack, e.slice, e.weight / total) for e in entries])

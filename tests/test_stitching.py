@@ -64,26 +64,24 @@ def test_stitching_reproduces_geometry_and_values(tmp_path, slabs):
 def test_no_step_at_seams_with_noise_and_falloff(tmp_path):
     """Noisy stacks, each dimmer at its ends (coil coverage) and scaled on its own: the
     stitched slice means follow the truth with no step at the seams beyond the noise."""
-    truth = grid(30)
+    truth = grid(24)
     rng = np.random.default_rng(4)
     stacks = []
-    for start, stop in [(0, 12), (9, 21), (18, 30)]:
+    for start, stop in [(0, 12), (6, 18), (12, 24)]:
         geometry = truth.sub_slab(start, stop)
         values = field_on(geometry)
         edge = np.minimum(np.arange(12), np.arange(12)[::-1])
-        falloff = 1.0 - 0.06 * np.clip(1.0 - edge / 3.0, 0.0, 1.0)
+        falloff = 1.0 - 0.06 * np.clip(1.0 - edge / 2.0, 0.0, 1.0)
         noisy = values * falloff[:, None, None] + rng.normal(0, 10.0, values.shape)
         stacks.append(StackImages(geometry=geometry, images=roles_from(noisy.astype(np.float32))))
     write_study(tmp_path, "siemens", info("noise"), stacks, np.random.default_rng(0))
     stitched = stitch(_study(tmp_path))
     profile = (stitched.images["in_phase"] / field_on(truth)).mean(axis=(1, 2))
     profile /= np.median(profile)
-    # The outer ends (slices 0-2 and 27-29) keep their falloff: no other stack covers them.
-    inner = profile[3:-3]
-    steps = np.abs(np.diff(inner))
-    # Noise of a slice mean: 1% per voxel over 576 voxels, about 0.04%; the 6% end falloff
-    # gives steps of about 2% without blending.
-    assert steps.max() < 0.005
+    # The outer ends (slices 0-1 and 22-23) keep their falloff: no other stack covers them.
+    inner = profile[2:-2]
+    # Noise: 1% per voxel. Without blending the 6% end falloff gives 3-6% steps.
+    assert np.abs(np.diff(inner)).max() < 0.01
     assert np.abs(inner - 1).max() < 0.01
 
 
