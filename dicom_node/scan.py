@@ -82,7 +82,10 @@ def scan_folder(root: Path, rules: DixonRules) -> ScanResult:
     for path in iter_files(root):
         try:
             ds = read_header(path)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as exc:
+        except InvalidDicomError:
+            result.problems.append(f"{path}: not a DICOM file")
+            continue
+        except (OSError, EOFError, ValueError, TypeError, KeyError) as exc:
             result.problems.append(f"{path}: not a readable DICOM file ({_short(exc)})")
             continue
         try:
