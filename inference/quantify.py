@@ -129,7 +129,7 @@ def _profile(ks: np.ndarray, values: np.ndarray, valid: np.ndarray) -> list[Slic
     counted = np.bincount(ks[valid] - k0, minlength=n)
     sums = np.bincount(ks[valid] - k0, weights=values[valid], minlength=n)
     return [
-        SliceFF(k0 + s, int(voxels[s]), float(sums[s] / counted[s]) if counted[s] else math.nan)
+        SliceFF(k0 + int(s), int(voxels[s]), float(sums[s] / counted[s]) if counted[s] else math.nan)
         for s in np.flatnonzero(voxels)
     ]
 
