@@ -1,0 +1,166 @@
+"""The ``myonode`` command line.
+
+Every command reports bad input as one clear line on stderr and a non-zero exit code; a
+traceback only ever means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from dicom_node.dixon_roles import RulesError
+
+EXIT_BAD_INPUT = 2
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from dicom_node.phantom_study import PhantomOptions, make_phantom
+
+    options = PhantomOptions(
+        seed=args.seed,
+        infiltration=args.infiltration,
+        vendor=args.vendor,
+        stacks=args.stacks,
+        slices=args.slices,
+        matrix=args.matrix,
+        overlap=args.overlap,
+        snr=args.snr,
+        oblique_deg=args.oblique,
+    )
+    started = time.perf_counter()
+    paths = make_phantom(Path(args.out_dir), options)
+    elapsed = time.perf_counter() - started
+    print(
+        f"wrote {len(paths)} DICOM files and truth/ to {args.out_dir} in {elapsed:.1f} s "
+        f"({options.stacks} stack(s), vendor {options.vendor}, {options.infiltration} "
+        "infiltration)"
+    )
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from dicom_node.inspect_study import format_report, inspect_folder
+
+    report = inspect_folder(Path(args.dicom_dir), Path(args.rules) if args.rules else None)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    return 0 if report["studies"] else EXIT_BAD_INPUT
+
+
+def _process(args: argparse.Namespace) -> int:
+    from dicom_node.process import format_table, run_process
+
+    result = run_process(
+        Path(args.dicom_dir),
+        Path(args.out),
+        Path(args.config) if args.config else None,
+        args.device,
+        study_uid=args.study,
+        rules_path=Path(args.rules) if args.rules else None,
+    )
+    print(format_table(result.results))
+    total = result.results["timings_s"]["total"]
+    print(f"wrote labels, results, {len(result.seg_paths)} SEG(s) and an SR to {args.out} "
+          f"in {total:.1f} s")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from inference.evaluate import run_evaluate
+
+    return run_evaluate(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from inference.training import run_train
+
+    return run_train(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="myonode", description="DICOM node for quantitative muscle MRI (Dixon fat fraction)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    phantom = commands.add_parser(
+        "phantom", help="write a synthetic Dixon thigh study with ground truth"
+    )
+    phantom.add_argument("out_dir", help="folder to write dicom/ and truth/ into")
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--infiltration", choices=["low", "high"], default="low")
+    phantom.add_argument(
+        "--vendor", choices=["siemens", "philips", "philips-enhanced", "ge"], default="siemens"
+    )
+    phantom.add_argument("--stacks", type=int, choices=[1, 2, 3], default=3)
+    phantom.add_argument("--slices", type=int, default=140, help="slices per stack")
+    phantom.add_argument("--matrix", type=int, default=384, help="in-plane matrix size")
+    phantom.add_argument(
+        "--overlap", type=int, default=None, help="slices shared by neighbouring stacks"
+    )
+    phantom.add_argument("--snr", type=float, default=40.0, help="signal-to-noise ratio")
+    phantom.add_argument(
+        "--oblique", type=float, default=0.0, help="tilt of the slices in degrees"
+    )
+    phantom.set_defaults(run=_phantom)
+
+    inspect = commands.add_parser(
+        "inspect", help="recognise Dixon roles and stacks in a folder; show the stitched grid"
+    )
+    inspect.add_argument("dicom_dir")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--rules", help="site Dixon rules YAML (default: embedded rules)")
+    inspect.set_defaults(run=_inspect)
+
+    process = commands.add_parser(
+        "process", help="segment the muscles of one Dixon study and quantify their fat fraction"
+    )
+    process.add_argument("dicom_dir")
+    process.add_argument("--out", required=True, help="output folder")
+    process.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    process.add_argument("--config", help="pipeline YAML (default: embedded config/pipeline.yaml)")
+    process.add_argument("--study", help="StudyInstanceUID, when the folder holds several")
+    process.add_argument("--rules", help="site Dixon rules YAML (default: embedded rules)")
+    process.set_defaults(run=_process)
+
+    from inference.evaluate import add_evaluate_arguments
+    from inference.training import add_train_arguments
+
+    evaluate = commands.add_parser(
+        "evaluate", help="Dice, surface distance and FF agreement of predictions against truth"
+    )
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(run=_evaluate)
+
+    train = commands.add_parser("train", help="train or fine-tune a model package")
+    add_train_arguments(train)
+    train.set_defaults(run=_train)
+
+    from dicom_node import node_cli
+
+    for name, (help_text, add_arguments, run) in node_cli.COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        add_arguments(sub)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``myonode`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (FileNotFoundError, NotADirectoryError, RulesError, ValueError) as exc:
+        print(f"myonode {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""``myonode process``: one Dixon study from DICOM files to labels, FF% per muscle, SEG and SR.
+
+The same function runs a job of the node, so what a user tries on the command line is what
+the node does with a received study.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from dicom_node.dixon_roles import DixonRules
+from dicom_node.scan import scan_folder
+from dicom_node.stacks import StudyStacks, group_studies
+from dicom_node.stitch import stitch
+from inference.fat_fraction import fat_fraction_map
+from inference.geometry import VolumeGeometry
+from inference.model_package import ModelPackage
+from inference.muscles import load_muscles
+from inference.quantify import quantify
+from inference.segment import segment
+from myonode_config import load_yaml
+from reporting.seg import ModelInfo, build_segmentations
+from reporting.sr import build_report
+
+Progress = Callable[[str], None]
+
+# Roles the FF map may need, besides the model's inputs.
+FF_ROLES = ("water", "fat", "fat_fraction", "in_phase", "out_of_phase")
+
+
+def shipped_model_path() -> Path:
+    """The model package installed with myonode (trained on phantoms only)."""
+    from importlib import resources
+
+    return Path(str(resources.files("myonode_models").joinpath("thigh-phantom")))
+
+
+@dataclass
+class ProcessResult:
+    """What one run produced, for the CLI table and for the node's job record."""
+
+    results: dict
+    out_dir: Path
+    seg_paths: list[Path] = field(default_factory=list)
+    sr_path: Path | None = None
+
+
+def select_study(folder: Path, rules: DixonRules, study_uid: str | None) -> StudyStacks:
+    """The one study to process in ``folder`` (or the one named); clear errors otherwise."""
+    scan = scan_folder(folder, rules)
+    studies = [s for s in group_studies(scan.frames) if s.stacks]
+    if study_uid:
+        studies = [s for s in studies if s.study_instance_uid == study_uid]
+    if not studies:
+        detail = f"; skipped: {scan.problems[0]}" if scan.problems else ""
+        raise ValueError(f"no Dixon study found in {folder}{detail}")
+    if len(studies) > 1:
+        uids = ", ".join(s.study_instance_uid for s in studies)
+        raise ValueError(f"{len(studies)} studies in {folder} ({uids}); choose one with --study")
+    return studies[0]
+
+
+def _write_labels(path: Path, labels: np.ndarray, grid: VolumeGeometry) -> None:
+    affine = grid.affine_ras_ijk()
+    image = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+
+
+CSV_FIELDS = (
+    "code", "name", "side", "voxels", "volume_ml", "ff_mean_pct", "ff_median_pct", "ff_sd_pct",
+    "ff_p25_pct", "ff_p75_pct", "contractile_volume_ml", "core_ff_mean_pct",
+)
+
+
+def _write_csv(path: Path, muscles: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for muscle in muscles:
+            writer.writerow({**muscle, "core_ff_mean_pct": muscle["core"]["ff_mean_pct"]})
+
+
+def format_table(results: dict) -> str:
+    """A readable per-muscle table, as printed after processing."""
+    lines = [
+        f"{'muscle':<32} {'side':<5} {'vol mL':>8} {'FF mean':>8} {'median':>7} {'SD':>6}"
+        f" {'contr mL':>9}"
+    ]
+    for m in results["muscles"]:
+        def num(value: float | None, width: int, digits: int) -> str:
+            return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+        lines.append(
+            f"{m['name'][:24] + ' (' + m['code'] + ')':<32} {m['side']:<5} "
+            f"{num(m['volume_ml'], 8, 1)} {num(m['ff_mean_pct'], 8, 1)} "
+            f"{num(m['ff_median_pct'], 7, 1)} {num(m['ff_sd_pct'], 6, 1)} "
+            f"{num(m['contractile_volume_ml'], 9, 1)}"
+        )
+    overall = results.get("overall_ff_pct")
+    lines.append(f"overall thigh muscle FF: {overall:.1f}%" if overall is not None else "")
+    return "\n".join(lines)
+
+
+def _stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def process_study(
+    study: StudyStacks,
+    out_dir: Path,
+    config: dict,
+    device: str | None = None,
+    progress: Progress = _stderr_progress,
+) -> ProcessResult:
+    """Stitch, segment, quantify and report one study; writes every output under ``out_dir``."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def step(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - since, 3)
+        progress(f"[{now - started:6.1f} s] {name} done")
+        return now
+
+    t = started
+    package = ModelPackage.load(config.get("model") or shipped_model_path())
+    t = step("load_model", t)
+    roles = sorted(set(package.roles) | set(FF_ROLES))
+    stitched = stitch(
+        study, roles=roles, match_intensity=config.get("stitching", {}).get("match_intensity", True)
+    )
+    grid = stitched.plan.geometry
+    t = step("stitch", t)
+    ff_config = config.get("fat_fraction", {})
+    ff = fat_fraction_map(
+        stitched.images,
+        prefer=ff_config.get("prefer", ("water_fat", "fat_fraction", "ip_op")),
+        ff_units=ff_config.get("scanner_map_units", "percent"),
+    )
+    t = step("fat_fraction", t)
+    inference = config.get("inference", {})
+    last_reported = [-1]
+
+    def window_progress(label: str, fraction: float) -> None:
+        tenth = int(fraction * 10)
+        if tenth != last_reported[0]:
+            last_reported[0] = tenth
+            progress(f"           {label}: {fraction * 100:3.0f}%")
+
+    segmentation = segment(
+        {r: stitched.images[r] for r in stitched.images if r != "fat_fraction"},
+        grid,
+        package,
+        device=device or config.get("device", "auto"),
+        ff_pct=ff.ff_pct,
+        overlap=inference.get("overlap", 0.5),
+        batch_size=inference.get("batch_size"),
+        progress=window_progress,
+    )
+    t = step("segment", t)
+    table = load_muscles()
+    quant = quantify(
+        segmentation.labels,
+        ff.ff_pct,
+        grid.spacing,
+        table.combined_labels(),
+        core=config.get("quantification", {}).get("core", "3d"),
+    )
+    muscles = []
+    for stats in quant.muscles:
+        if stats.voxels == 0:
+            continue
+        entry = stats.to_dict()
+        entry = {"code": entry.pop("code"), "name": table.by_code(stats.code).name, **entry}
+        muscles.append(entry)
+    t = step("quantify", t)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_labels(out_dir / "labels.nii.gz", segmentation.labels, grid)
+    results = {
+        "study_instance_uid": study.study_instance_uid,
+        "model": {"name": package.name, "version": package.version, "used": segmentation.model,
+                  "intended_use": package.intended_use},
+        "routing_ff_pct": segmentation.routing_ff_pct,
+        "overall_ff_pct": _none_if_nan(quant.overall.ff_mean_pct),
+        "fat_fraction_source": ff.source,
+        "stitched": {
+            "shape": list(grid.shape),
+            "spacing_mm": list(grid.spacing),
+            "stacks": len(study.stacks),
+            "gains": stitched.gains,
+        },
+        "muscles": muscles,
+        "warnings": study.warnings + stitched.warnings + segmentation.warnings,
+        "timings_s": timings,
+    }
+    model_info = ModelInfo(
+        name=package.name, version=package.version, intended_use=package.intended_use
+    )
+    segs = build_segmentations(study, segmentation.labels, grid, model_info)
+    seg_dir = out_dir / "seg"
+    seg_dir.mkdir(exist_ok=True)
+    seg_paths = []
+    for stack, seg in zip(study.stacks, segs):
+        path = seg_dir / f"stack{stack.index}.dcm"
+        seg.save_as(path, enforce_file_format=True)
+        seg_paths.append(path)
+    report = build_report(study, segs, results, model_info)
+    sr_path = out_dir / "sr.dcm"
+    report.save_as(sr_path, enforce_file_format=True)
+    t = step("report", t)
+    timings["total"] = round(time.perf_counter() - started, 3)
+    with open(out_dir / "results.json", "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+    _write_csv(out_dir / "results.csv", muscles)
+    return ProcessResult(results, out_dir, seg_paths, sr_path)
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def run_process(
+    folder: Path, out_dir: Path, config_path: Path | None, device: str | None,
+    study_uid: str | None = None, rules_path: Path | None = None,
+) -> ProcessResult:
+    """Entry point of ``myonode process``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    config = load_yaml(config_path, "pipeline.yaml")
+    study = select_study(folder, DixonRules.load(rules_path), study_uid)
+    for warning in study.warnings:
+        _stderr_progress(f"warning: {warning}")
+    return process_study(study, out_dir, config, device=device)
