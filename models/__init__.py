@@ -1,0 +1,1 @@
+"""Model packages shipped with myonode, installed as the package ``myonode_models``."""
