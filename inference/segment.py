@@ -45,7 +45,12 @@ from inference.resample import (
     resample_scores_argmax,
     same_spacing,
 )
-from inference.sliding_window import configure_cpu_threads, pick_device, sliding_window_inference, window_starts
+from inference.sliding_window import (
+    configure_cpu_threads,
+    pick_device,
+    sliding_window_inference,
+    window_starts,
+)
 from inference.unet import UNet3D
 
 Progress = Callable[[str, float], None]

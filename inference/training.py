@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from myonode_config import config_path
 from safetensors.torch import load_file
 
 from inference.augment import AugmentSettings, augment
@@ -68,8 +69,7 @@ from inference.training_data import (
     site_cases,
     split_site_cases,
 )
-from inference.unet import UNet3D, UNetConfig
-from myonode_config import config_path
+from inference.unet import UNet3D
 
 DEFAULT_CONFIG = "training.yaml"
 CHECKPOINT = Path("checkpoint") / "state.pt"
@@ -667,7 +667,7 @@ def train(
         if resume:
             emit("line", f"no checkpoint in {out_dir}: starting a new run")
         state = {"version": CHECKPOINT_VERSION, "config": _comparable(config), "completed": {}, "current": None,
-                 "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                 "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     device = pick_device(None if config.device == "auto" else config.device)
     if device.type == "cpu":
         if config.cpu_threads:
@@ -748,35 +748,35 @@ def model_card(config: TrainingConfig, package: ModelPackage, state: Mapping[str
     lines = [
         f"# Model card: {package.name} {package.version}",
         "",
-        "**Trained on synthetic phantom data only. NOT for clinical use.** "
+        ("**Trained on synthetic phantom data only. NOT for clinical use.** "
         "Validation figures below are on held-out synthetic phantoms; they say nothing about "
-        "real patient scans.",
+        "real patient scans."),
         "",
         "## What it does",
         "",
-        f"Segments the {len(package.labels)} thigh muscles of Huysmans et al. 2023 (Table 1) in "
+        (f"Segments the {len(package.labels)} thigh muscles of Huysmans et al. 2023 (Table 1) in "
         "each leg of a stitched Dixon study: single-leg 3D U-Net (left leg mirrored), "
         "sliding window, LI/HI routing at "
-        f"{package.hi_threshold_ff_pct if package.hi_threshold_ff_pct is not None else '-'}% overall muscle FF.",
+        f"{package.hi_threshold_ff_pct if package.hi_threshold_ff_pct is not None else '-'}% overall muscle FF."),
         "",
         f"- inputs: {', '.join(f'{s.role} ({s.normalisation})' for s in package.inputs)}",
-        f"- model resolution: {' x '.join(f'{v:g}' for v in package.spacing_mm)} mm (slice x row x column); "
-        "inputs are resampled to it and labels interpolated back to the input grid",
-        f"- patch: {' x '.join(str(v) for v in package.patch_size)} voxels; network widths "
-        f"{list(package.network.widths)}, strides {[list(s) for s in package.network.strides]}",
-        f"- models: " + ", ".join(f"{k} ({len(v)} fold{'s' if len(v) > 1 else ''})" for k, v in package.models.items()),
+        (f"- model resolution: {' x '.join(f'{v:g}' for v in package.spacing_mm)} mm (slice x row x column); "
+        "inputs are resampled to it and labels interpolated back to the input grid"),
+        (f"- patch: {' x '.join(str(v) for v in package.patch_size)} voxels; network widths "
+        f"{list(package.network.widths)}, strides {[list(s) for s in package.network.strides]}"),
+        "- models: " + ", ".join(f"{k} ({len(v)} fold{'s' if len(v) > 1 else ''})" for k, v in package.models.items()),
         "",
         "## Training data",
         "",
         package.training_data,
         "",
-        "Phantom studies have 1, 2 or 3 stacks of 280 mm (23% overlap) rendered at the model "
+        ("Phantom studies have 1, 2 or 3 stacks of 280 mm (23% overlap) rendered at the model "
         "spacing, per-stack Rician noise and coil falloff, random SNR "
         f"{config.phantom.snr[0]:g}-{config.phantom.snr[1]:g} and global intensity scale "
         f"{config.phantom.intensity_scale[0]:g}-{config.phantom.intensity_scale[1]:g}. Augmentation: "
         f"rotation +-{config.augmentation.rotation_deg:g} deg, tilt +-{config.augmentation.tilt_deg:g} deg, "
         f"scale {config.augmentation.scale[0]:g}-{config.augmentation.scale[1]:g}, Gaussian noise, "
-        "per-channel intensity scale, smooth bias field. Loss: cross-entropy + soft Dice.",
+        "per-channel intensity scale, smooth bias field. Loss: cross-entropy + soft Dice."),
         "",
         "## Validation (held-out phantom subjects, Dice at the model resolution)",
         "",
@@ -804,12 +804,12 @@ def model_card(config: TrainingConfig, package: ModelPackage, state: Mapping[str
         "## Provenance",
         "",
         f"- command: `{config.command or 'inference.training.train(...)'}`",
-        f"- finished: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} "
-        f"(started {state.get('started', '?')})",
+        (f"- finished: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} "
+        f"(started {state.get('started', '?')})"),
         f"- machine: {_machine(device)}",
         f"- total training time: {total_s / 60:.1f} min",
-        f"- seed {config.seed}, {config.folds} fold(s); full configuration in training.yaml, "
-        "per-epoch history in training_history.json",
+        (f"- seed {config.seed}, {config.folds} fold(s); full configuration in training.yaml, "
+        "per-epoch history in training_history.json"),
         "",
     ]
     return "\n".join(lines)

@@ -45,8 +45,19 @@ from inference.model_package import ROLES, ModelPackage
 from inference.muscles import load_muscles
 from inference.phantom.anatomy import PhantomVolumes, make_subject, render
 from inference.phantom.signals import dixon_magnitudes
-from inference.resample import Canonical, model_grid, resample_image, resample_labels, same_spacing
-from inference.segment import anatomy_image, overall_muscle_ff, prepare_legs, required_images
+from inference.resample import (
+    Canonical,
+    model_grid,
+    resample_image,
+    resample_labels,
+    same_spacing,
+)
+from inference.segment import (
+    anatomy_image,
+    overall_muscle_ff,
+    prepare_legs,
+    required_images,
+)
 
 LABEL_FILE = "labels"
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -12,7 +12,12 @@ from inference.model_package import InputSpec, ModelPackage
 from inference.muscles import load_muscles
 from inference.phantom.anatomy import make_subject, render
 from inference.phantom.signals import dixon_magnitudes
-from inference.resample import Canonical, model_grid, resample_image, resample_scores_argmax
+from inference.resample import (
+    Canonical,
+    model_grid,
+    resample_image,
+    resample_scores_argmax,
+)
 from inference.segment import LegInputs, labels_on_input, required_images, segment
 from inference.unet import UNet3D, UNetConfig
 
@@ -53,7 +58,7 @@ def constant_network(config: UNetConfig, winner: int) -> UNet3D:
     return net
 
 
-def make_package(folder, models: dict[str, list[UNet3D]], spacing=(12.0, 9.6, 9.6)) -> ModelPackage:
+def make_package(folder, models: dict[str, list[UNet3D]], spacing=(12.0, 9.6, 9.6), patch=(16, 32, 24)) -> ModelPackage:
     config = UNetConfig.from_dict({"in_channels": 2, "num_classes": 19, "widths": [2, 4], "convs_per_level": 1, "bottom_convs": 1})
     package = ModelPackage(
         name="test",
@@ -62,7 +67,7 @@ def make_package(folder, models: dict[str, list[UNet3D]], spacing=(12.0, 9.6, 9.
         labels=CODES,
         inputs=(InputSpec("in_phase", "percentile_range", PERCENTILE), InputSpec("out_of_phase", "percentile_range", PERCENTILE)),
         spacing_mm=spacing,
-        patch_size=(8, 24, 16),
+        patch_size=patch,
         network=config,
         models={key: tuple(f"{key}/fold{n + 1}.safetensors" for n in range(len(nets))) for key, nets in models.items()},
         hi_threshold_ff_pct=20.0 if len(models) == 2 else None,
@@ -148,6 +153,16 @@ def test_fold_ensemble_and_majority_vote(study, tmp_path):
         assert set(np.unique(labels).tolist()) == {0, 2, 102}  # two folds of three win
 
 
+def test_no_resampling_when_the_model_spacing_is_the_scan_spacing(study, tmp_path):
+    grid, _, images = study
+    config = UNetConfig.from_dict({"in_channels": 2, "num_classes": 19, "widths": [2, 4], "convs_per_level": 1, "bottom_convs": 1})
+    package = make_package(tmp_path, {"li": [constant_network(config, 9)]}, spacing=grid.spacing, patch=(24, 64, 56))
+    labels = segment(images, grid, package, device="cpu", ff_pct=np.full(grid.shape, 5.0, np.float32)).labels
+    assert set(np.unique(labels).tolist()) == {0, 9, 109}
+    x_of = lambda value: grid.voxel_to_lps(np.argwhere(labels == value).astype(float))[:, 0]
+    assert x_of(109).min() > x_of(9).max()
+
+
 def test_random_network_runs_on_a_full_phantom_grid(study, tmp_path):
     grid, _, images = study
     config = UNetConfig.from_dict({"in_channels": 2, "num_classes": 19, "widths": [2, 4], "convs_per_level": 1, "bottom_convs": 1})
@@ -184,7 +199,7 @@ def test_score_resampling_keeps_a_sphere_centred():
     points = coarse.voxel_to_lps(np.indices(coarse.shape).reshape(3, -1).T.astype(float))
     inside = (np.linalg.norm(points - centre, axis=1) < 14.0).reshape(coarse.shape)
     scores = np.stack([~inside, inside]).astype(np.float32)
-    labels, box = resample_scores_argmax(scores, coarse, fine)
+    labels, _ = resample_scores_argmax(scores, coarse, fine)
     assert labels.shape == fine.shape
     found = fine.voxel_to_lps(np.argwhere(labels == 1).astype(float)).mean(axis=0)
     expected = points[inside.ravel()].mean(axis=0)  # the coarse (blocky) sphere's centre

@@ -23,7 +23,11 @@ from inference.training import (
     segmentation_loss,
     train,
 )
-from inference.training_data import geometry_from_nifti, read_site_case, site_case_on_grid
+from inference.training_data import (
+    geometry_from_nifti,
+    read_site_case,
+    site_case_on_grid,
+)
 
 TINY = {
     "package": {
@@ -130,7 +134,7 @@ def test_loss_is_low_for_a_confident_correct_prediction():
     right = torch.nn.functional.one_hot(target, 19).movedim(-1, 1).float() * 20.0
     good, _, _ = segmentation_loss(right, target, (1.0, 1.0))
     bad, _, _ = segmentation_loss(torch.zeros_like(right), target, (1.0, 1.0))
-    assert float(good) < 0.01 < 2.0 < float(bad)
+    assert float(good) < 0.01 and float(bad) > 2.0
 
 
 def save_nifti(path, array_kji, geometry, flip_i=False):
