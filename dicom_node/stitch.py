@@ -121,27 +121,12 @@ def plan_stitch(stacks: list[Stack]) -> StitchPlan:
     return StitchPlan(geometry, reference.index, sources)
 
 
-def _is_on_grid(stack: VolumeGeometry, grid: VolumeGeometry) -> bool:
-    """True when the stack's voxels coincide with the grid's in-plane and in spacing."""
-    if stack.shape[1:] != grid.shape[1:]:
-        return False
-    if not np.allclose(stack.orientation, grid.orientation, atol=1e-4):
-        return False
-    if not np.allclose(stack.spacing, grid.spacing, atol=1e-4):
-        return False
-    delta = grid.lps_to_voxel(np.asarray(stack.origin))
-    return bool(
-        np.all(np.abs(delta[1:]) < ON_GRID_TOLERANCE)
-        and abs(delta[0] - round(delta[0])) < ON_GRID_TOLERANCE
-    )
-
-
 def stack_on_grid(
     volume: np.ndarray, stack: VolumeGeometry, grid: VolumeGeometry, k: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One stitched slice ``k`` of a stack volume, and where it is valid (None: everywhere)."""
-    if _is_on_grid(stack, grid):
-        offset = int(round(grid.lps_to_voxel(np.asarray(stack.origin))[0]))
+    offset = stack.slab_offset_in(grid, ON_GRID_TOLERANCE)
+    if offset is not None:
         return volume[k - offset], None
     jj, ii = np.meshgrid(np.arange(grid.shape[1]), np.arange(grid.shape[2]), indexing="ij")
     kji = np.stack([np.full(jj.shape, k, dtype=float), jj, ii], axis=-1)

@@ -111,6 +111,25 @@ class VolumeGeometry:
             self.slice_dir,
         )
 
+    def slab_offset_in(self, grid: VolumeGeometry, tolerance: float = 0.02) -> int | None:
+        """Slice offset of this grid inside ``grid`` when its voxels coincide with ``grid``'s
+        (within ``tolerance`` voxels), else None: then data moves between the two by copying
+        slices instead of resampling."""
+        if self.shape[1:] != grid.shape[1:]:
+            return None
+        for mine, theirs in (
+            (self.orientation, grid.orientation),
+            (self.spacing, grid.spacing),
+            (self.slice_dir, grid.slice_dir),
+        ):
+            if not np.allclose(mine, theirs, atol=1e-4):
+                return None
+        start = grid.lps_to_voxel(np.asarray(self.origin))
+        offset = round(float(start[0]))
+        if np.all(np.abs(start[1:]) < tolerance) and abs(start[0] - offset) < tolerance:
+            return offset
+        return None
+
     def voxel_volume_ml(self) -> float:
         """Volume of one voxel in millilitres."""
         return float(np.prod(self.spacing)) / 1000.0

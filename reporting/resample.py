@@ -14,34 +14,13 @@ from scipy import ndimage
 
 from inference.geometry import VolumeGeometry
 
-# A stack voxel this close (in stitched voxels) to a stitched voxel centre counts as on it.
-ON_GRID_TOLERANCE = 0.02
-
-
-def _slab_offset(stack: VolumeGeometry, grid: VolumeGeometry) -> int | None:
-    """Slice offset of ``stack`` inside ``grid`` when its voxels coincide with grid voxels."""
-    if stack.shape[1:] != grid.shape[1:]:
-        return None
-    if not np.allclose(stack.orientation, grid.orientation, atol=1e-4):
-        return None
-    if not np.allclose(stack.spacing, grid.spacing, atol=1e-4):
-        return None
-    if not np.allclose(stack.slice_dir, grid.slice_dir, atol=1e-4):
-        return None
-    start = grid.lps_to_voxel(np.asarray(stack.origin))
-    offset = round(float(start[0]))
-    if np.all(np.abs(start[1:]) < ON_GRID_TOLERANCE) and abs(start[0] - offset) < ON_GRID_TOLERANCE:
-        return offset
-    return None
-
-
 def labels_on_stack(
     labels: np.ndarray, grid: VolumeGeometry, stack: VolumeGeometry
 ) -> np.ndarray:
     """``labels`` (on ``grid``) sampled at every voxel of ``stack``; same dtype, 0 outside."""
     if labels.shape != grid.shape:
         raise ValueError(f"labels {labels.shape} do not match the grid {grid.shape}")
-    offset = _slab_offset(stack, grid)
+    offset = stack.slab_offset_in(grid)
     out = np.zeros(stack.shape, dtype=labels.dtype)
     if offset is not None:
         lo, hi = max(offset, 0), min(offset + stack.shape[0], grid.shape[0])
