@@ -82,7 +82,8 @@ def _commit() -> str:
         done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                               capture_output=True, text=True, timeout=10, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True, timeout=10)
+                               cwd=REPO, capture_output=True, text=True, timeout=10,
+                               check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     # A tree with uncommitted changes is not the commit: say so in the row.
@@ -151,7 +152,7 @@ def dcmtk(name: str) -> Path:
             continue
         try:
             version = subprocess.run([str(tool), "--version"], capture_output=True, text=True,
-                                     timeout=10, stdin=subprocess.DEVNULL)
+                                     timeout=10, stdin=subprocess.DEVNULL, check=False)
         except (OSError, subprocess.SubprocessError):
             continue
         if "dcmtk" in (version.stdout + version.stderr).lower():
@@ -286,9 +287,8 @@ def benchmark_model() -> tuple[Path, str]:
     shipped model) and random weights, made once under the cache folder. Timing and memory
     do not depend on the weights; the labels it produces are meaningless.
     """
-    from inference.model_package import ModelPackage, ModelPackageError
-
     from dicom_node.process import shipped_model_path
+    from inference.model_package import ModelPackage, ModelPackageError
 
     shipped = shipped_model_path()
     try:
@@ -297,6 +297,7 @@ def benchmark_model() -> tuple[Path, str]:
     except ModelPackageError:
         pass
     import torch
+
     from inference.training import load_training_config, package_template
     from inference.unet import UNet3D
 

@@ -15,7 +15,11 @@ all classes and voxels, and the share of voxels whose argmax differs. MONAI plac
 windows at a fixed step (the last one moved to the end), myonode spreads them evenly, so
 on the legs the two average different windows. The same figures are also given for a crop
 of the first leg whose size makes both place the very same windows: what remains there is
-the Gaussian map (MONAI centres it on ``patch // 2``, myonode on ``(patch - 1) / 2``).
+the Gaussian map's floor (both are the same separable Gaussian centred on
+``(patch - 1) / 2``, but MONAI raises every weight below 1e-3 to 1e-3, myonode below 1e-6 of
+the peak), which matters where sigma (patch / 8) is about one voxel. Last, on that crop,
+MONAI is given myonode's map (``roi_weight_map``): then the two must agree to float
+rounding, which checks myonode's accumulation and normalisation.
 
     python benchmarks/inference_vs_monai.py [--repeat 3] [--overlap 0.5] [--batch-size 1] [--record]
 """
@@ -38,7 +42,7 @@ from dicom_node.stitch import stitch
 from inference.model_package import ModelPackage
 from inference.resample import Canonical, model_grid, resample_image, same_spacing
 from inference.segment import anatomy_image, pad_to_patch, prepare_legs, required_images
-from inference.sliding_window import configure_cpu_threads
+from inference.sliding_window import configure_cpu_threads, gaussian_importance
 from inference.sliding_window import sliding_window_inference as myonode_swi
 
 
@@ -84,13 +88,15 @@ def run_myonode(net, volumes, patch, overlap, batch_size) -> tuple[list[torch.Te
 
 
 @torch.inference_mode()
-def run_monai(net, volumes, patch, overlap, batch_size) -> tuple[list[torch.Tensor], float, float]:
+def run_monai(net, volumes, patch, overlap, batch_size,
+              weights: torch.Tensor | None = None) -> tuple[list[torch.Tensor], float, float]:
     from monai.inferers import sliding_window_inference as monai_swi
 
     timed = TimedNetwork(net, softmax=True)
     started = time.perf_counter()
     outs = [monai_swi(torch.from_numpy(v)[None], patch, batch_size, timed, overlap=overlap,
-                      mode="gaussian", sigma_scale=0.125, padding_mode="constant")[0]
+                      mode="gaussian", sigma_scale=0.125, padding_mode="constant",
+                      roi_weight_map=weights)[0]
             for v in volumes]
     return outs, time.perf_counter() - started, timed.seconds
 
@@ -148,8 +154,11 @@ def main() -> None:
                   flush=True)
     diff, argmax = disagreement(outputs["myonode"], outputs["monai"])
     crop = aligned_crop(volumes[0], patch, args.overlap)
-    same_windows = disagreement(run_myonode(net, [crop], patch, args.overlap, args.batch_size)[0],
-                                run_monai(net, [crop], patch, args.overlap, args.batch_size)[0])
+    ours = run_myonode(net, [crop], patch, args.overlap, args.batch_size)[0]
+    same_windows = disagreement(ours, run_monai(net, [crop], patch, args.overlap,
+                                                args.batch_size)[0])
+    same_map = disagreement(ours, run_monai(net, [crop], patch, args.overlap, args.batch_size,
+                                            gaussian_importance(patch))[0])
     median = {name: statistics.median(t for t, _ in runs) for name, runs in results.items()}
     network = {name: statistics.median(n for _, n in runs) for name, runs in results.items()}
     speedup = median["monai"] / median["myonode"]
@@ -157,18 +166,21 @@ def main() -> None:
     print(f"myonode {median['myonode']:.2f} s, MONAI {median['monai']:.2f} s: "
           f"{speedup:.2f}x ({verdict}); max |dp| {diff:.2e}, argmax differs in "
           f"{argmax * 100:.3f}% of voxels; same windows ({'x'.join(map(str, crop.shape[1:]))}): "
-          f"max |dp| {same_windows[0]:.2e}, argmax {same_windows[1] * 100:.3f}%")
+          f"max |dp| {same_windows[0]:.2e}, argmax {same_windows[1] * 100:.3f}%; and "
+          f"myonode's map: max |dp| {same_map[0]:.2e}, argmax {same_map[1] * 100:.3f}%")
     load_end = "/".join(f"{v:.2f}" for v in os.getloadavg())
     note = "; ".join(filter(None, [
         f"{model_name}", f"legs {' + '.join('x'.join(map(str, v.shape[1:])) for v in volumes)}",
-        f"patch {'x'.join(map(str, patch))}, overlap {args.overlap}, batch {args.batch_size}, "
-        f"{threads} threads", f"median of {args.repeat}", f"MONAI {monai.__version__}",
+        (f"patch {'x'.join(map(str, patch))}, overlap {args.overlap}, "
+         f"batch {args.batch_size}, {threads} threads"),
+        f"median of {args.repeat}", f"MONAI {monai.__version__}",
         f"load at end {load_end}", f"busy at start: {', '.join(busy)}" if busy else "",
         args.note]))
     cells = ["CPU", f"{median['myonode']:.2f} ({network['myonode']:.2f})",
              f"{median['monai']:.2f} ({network['monai']:.2f})", f"{speedup:.2f}x",
-             f"{diff:.1e} / {argmax * 100:.2f}%; same windows {same_windows[0]:.1e} / "
-             f"{same_windows[1] * 100:.2f}%", f"never slower: {verdict}", note]
+             (f"legs {diff:.1e} / {argmax * 100:.2f}%; same windows {same_windows[0]:.1e} / "
+              f"{same_windows[1] * 100:.2f}%; same windows and map {same_map[0]:.1e} / "
+              f"{same_map[1] * 100:.2f}%"), f"never slower: {verdict}", note]
     line = row(cond, cells)
     print(line)
     if args.record:

@@ -32,7 +32,15 @@ import time
 from pathlib import Path
 
 import yaml
-from common import CACHE, benchmark_model, busy_processes, conditions, phantom, record, row
+from common import (
+    CACHE,
+    benchmark_model,
+    busy_processes,
+    conditions,
+    phantom,
+    record,
+    row,
+)
 from encode_seg_sr import MODEL, load, timed, write_all
 
 from dicom_node.phantom_study import PhantomOptions
@@ -129,8 +137,8 @@ def main() -> None:
     verdict = "met" if enc["best_s"] <= ENCODE_GOAL_S else \
         f"MISSED by {enc['best_s'] - ENCODE_GOAL_S:.2f} s"
     note = "; ".join(filter(None, [
-        f"3 SEGs ({enc['type']}) {enc['seg_s']:.2f} s + SR {enc['sr_s']:.2f} s (best of "
-        f"{args.repeat}; median {enc['median_s']:.2f} s; first call {enc['first_s']:.2f} s)",
+        (f"3 SEGs ({enc['type']}) {enc['seg_s']:.2f} s + SR {enc['sr_s']:.2f} s (best of "
+         f"{args.repeat}; median {enc['median_s']:.2f} s; first call {enc['first_s']:.2f} s)"),
         f"writing them {enc['write_s']:.2f} s ({enc['bytes'] / 1e6:.0f} MB)",
         f"busy at start: {', '.join(busy)}" if busy else "", args.note]))
     rows.append(row(cond, ["SEG + SR encode, 3 stacks", f"{enc['best_s']:.2f} s",
@@ -147,8 +155,8 @@ def main() -> None:
         f"MISSED by {(peak / 1e9 - MEMORY_GOAL_GB):.2f} GB"
     stages = ", ".join(f"{k} {v:.1f}" for k, v in run["timings_s"].items() if k != "total")
     note = "; ".join(filter(None, [
-        f"polled tree sum {run['polled_bytes'] / 1e9:.2f} GB, ru_maxrss "
-        f"{run['maxrss_bytes'] / 1e9:.2f} GB", f"wall {run['wall_s']:.0f} s ({stages})",
+        (f"polled tree sum {run['polled_bytes'] / 1e9:.2f} GB, ru_maxrss "
+         f"{run['maxrss_bytes'] / 1e9:.2f} GB"), f"wall {run['wall_s']:.0f} s ({stages})",
         model_name, f"model used: {run['model_used']}",
         f"busy at start: {', '.join(busy)}" if busy else "", args.note]))
     rows.append(row(cond, ["peak memory, myonode process, 3 stacks", f"{peak / 1e9:.2f} GB",

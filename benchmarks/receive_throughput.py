@@ -38,8 +38,16 @@ import time
 from pathlib import Path
 
 from common import (
-    NodeProcess, busy_processes, conditions, dcmtk, dicom_files, free_port, phantom, record,
-    row, wait_port,
+    NodeProcess,
+    busy_processes,
+    conditions,
+    dcmtk,
+    dicom_files,
+    free_port,
+    phantom,
+    record,
+    row,
+    wait_port,
 )
 
 from dicom_node.phantom_study import PhantomOptions
@@ -164,8 +172,8 @@ def main() -> None:
               f"{rate['myonode']:.1f} img/s, ratio {ratio:.2f} (goal >= {goal}: {verdict})"
               + (f"; {floor}" if floor else ""))
         note = "; ".join(filter(None, [
-            f"median of {args.repeat} (best: DCMTK {best['dcmtk']:.0f}, myonode "
-            f"{best['myonode']:.0f})", floor, f"load at end {load_end}",
+            (f"median of {args.repeat} (best: DCMTK {best['dcmtk']:.0f}, myonode "
+             f"{best['myonode']:.0f})"), floor, f"load at end {load_end}",
             f"busy at start: {', '.join(busy)}" if busy else "", args.note]))
         rows.append(row(cond, [str(associations), f"{rate['dcmtk']:.1f}",
                                f"{rate['myonode']:.1f}", f"{ratio:.2f}",
