@@ -34,6 +34,7 @@ import pydicom
 
 from dicom_node.node_log import log_event
 from dicom_node.scu import Peer, SendOutcome, send_files
+from dicom_node.spool import fsync_dir
 from dicom_node.state import Delivery, Job, State
 
 log = logging.getLogger("myonode.outbox")
@@ -67,15 +68,9 @@ def write_durable(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def versioned_description(description: str, version: int) -> str:

@@ -88,7 +88,7 @@ class Spool:
                 if final.exists():
                     return _replace_new(stored, False)
                 os.replace(temp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         finally:
             if temp.exists():
                 temp.unlink()
@@ -111,7 +111,7 @@ class Spool:
         temp = _write_temp(self.quarantine_dir, note_path.name,
                            (json.dumps(note, indent=2, default=str) + "\n").encode())
         os.replace(temp, note_path)
-        _fsync_dir(self.quarantine_dir)
+        fsync_dir(self.quarantine_dir)
         return target
 
     def remove_partial_files(self) -> int:
@@ -176,10 +176,11 @@ def _make_dirs(folder: Path) -> None:
             path.mkdir()
         except FileExistsError:
             continue  # created by a concurrent association
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries, so a rename or new file in it survives a power cut."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
