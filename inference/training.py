@@ -109,6 +109,7 @@ class TrainingConfig:
     device: str = "auto"
     batch_size: int = 1
     patches_per_case: int = 2
+    foreground_fraction: float = 0.0  # share of patches centred on a random muscle (training_data.sample_patch)
     loss_weights: tuple[float, float] = (1.0, 1.0)  # cross-entropy, soft Dice
     weight_decay: float = 0.0
     lr_power: float = 0.9
@@ -204,7 +205,7 @@ def load_training_config(path: str | Path | None = None) -> TrainingConfig:
             raise TrainingConfigError(f"stages[{n}]: missing {missing}")
         values["val_seeds"] = tuple(int(v) for v in values["val_seeds"])
         stages.append(StageConfig(**values))
-    opt = _take(top.get("optimisation"), {"batch_size", "patches_per_case", "loss", "weight_decay", "lr_power"}, "optimisation")
+    opt = _take(top.get("optimisation"), {"batch_size", "patches_per_case", "foreground_fraction", "loss", "weight_decay", "lr_power"}, "optimisation")
     loss = _take(opt.get("loss"), {"cross_entropy", "dice"}, "optimisation.loss")
     val = _take(top.get("validation"), {"every", "overlap"}, "validation")
     config = TrainingConfig(
@@ -215,6 +216,7 @@ def load_training_config(path: str | Path | None = None) -> TrainingConfig:
         device=str(top.get("device", "auto")),
         batch_size=int(opt.get("batch_size", 1)),
         patches_per_case=int(opt.get("patches_per_case", 2)),
+        foreground_fraction=float(opt.get("foreground_fraction", 0.0)),
         loss_weights=(float(loss.get("cross_entropy", 1.0)), float(loss.get("dice", 1.0))),
         weight_decay=float(opt.get("weight_decay", 0.0)),
         lr_power=float(opt.get("lr_power", 0.9)),
@@ -257,6 +259,8 @@ def _check(config: TrainingConfig) -> None:
         problems.append("stages: a stage name is used twice")
     if config.folds < 1 or config.batch_size < 1 or config.patches_per_case < 1 or config.val_every < 1:
         problems.append("folds, batch_size, patches_per_case and validation.every must be >= 1")
+    if not 0.0 <= config.foreground_fraction <= 1.0:
+        problems.append(f"optimisation.foreground_fraction must be in [0, 1], got {config.foreground_fraction}")
     if not 0 <= config.val_overlap < 1:
         problems.append("validation.overlap must be in [0, 1)")
     if min(config.loss_weights) < 0 or sum(config.loss_weights) <= 0:
@@ -549,7 +553,8 @@ def _train_job(
                 chosen = order[: config.batch_size]
             images, labels = [], []
             for index in chosen:
-                image, label = sample_patch(data.train[index], package.patch_size, rng)
+                foreground = config.foreground_fraction > 0 and rng.random() < config.foreground_fraction
+                image, label = sample_patch(data.train[index], package.patch_size, rng, foreground)
                 image, label = augment(image, label, spacing, config.augmentation, rng)
                 images.append(image)
                 labels.append(label)

@@ -4,6 +4,7 @@ and site data read from NIfTI in its true orientation. (No real training happens
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -24,7 +25,9 @@ from inference.training import (
     train,
 )
 from inference.training_data import (
+    LegCase,
     geometry_from_nifti,
+    sample_patch,
     read_site_case,
     site_case_on_grid,
 )
@@ -48,7 +51,7 @@ TINY = {
         {"name": "hi", "infiltration": "high", "phantoms": 1, "epochs": 1, "learning_rate": 0.01,
          "init": "li", "train_seed_start": 500000, "val_seeds": [950]},
     ],
-    "optimisation": {"patches_per_case": 1},
+    "optimisation": {"patches_per_case": 1, "foreground_fraction": 0.5},
     "validation": {"overlap": 0.0},
     "device": "cpu",
     "cpu_threads": 1,  # tiny tensors: thread hand-over costs more than it saves
@@ -126,6 +129,30 @@ def test_config_keeps_acceptance_and_validation_seeds_out_of_training(tmp_path):
         load_training_config(write_config(tmp_path, {"optimiser": {}}))
     default = load_training_config()
     assert [s.name for s in default.stages] == ["li", "hi"] and default.stages[1].init == "li"
+
+
+def test_foreground_patches_find_a_small_muscle_that_uniform_ones_miss():
+    labels = np.zeros((30, 100, 90), np.uint8)
+    labels[20:22, 80:83, 5:8] = 5  # 18 voxels of one muscle
+    labels[0:10, 0:50, 0:50] = 1
+    case = LegCase("x", np.zeros((2, 30, 100, 90), np.float16), labels, np.zeros(2, np.float32))
+    rng = np.random.default_rng(0)
+    hits = {True: 0, False: 0}
+    for foreground in hits:
+        for _ in range(100):
+            image, patch = sample_patch(case, (8, 40, 36), rng, foreground)
+            assert image.shape == (2, 8, 40, 36) and patch.shape == (8, 40, 36)
+            hits[foreground] += int((patch == 5).any())
+    assert hits[False] < 25 and hits[True] > 35  # classes 1 and 5 each drawn about half the time
+    empty = LegCase("empty", np.zeros((2, 4, 10, 10), np.float16), np.zeros((4, 10, 10), np.uint8), np.zeros(2, np.float32))
+    assert sample_patch(empty, (8, 40, 36), rng, True)[1].max() == 0  # no muscle: padded as usual
+
+
+def test_foreground_fraction_is_checked_and_the_shipped_recipes_load(tmp_path):
+    with pytest.raises(TrainingConfigError, match="foreground_fraction"):
+        load_training_config(write_config(tmp_path, {"optimisation": {"foreground_fraction": 1.5}}))
+    recipe = load_training_config(Path(__file__).parents[1] / "config" / "training-thigh-phantom-0.2.yaml")
+    assert recipe.foreground_fraction == pytest.approx(0.33) and recipe.package["version"] == "0.2.0"
 
 
 def test_loss_is_low_for_a_confident_correct_prediction():
