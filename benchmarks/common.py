@@ -203,7 +203,7 @@ def record(section: str, rows: list[str]) -> None:
 
 
 class NodeProcess:
-    """``myonode serve`` (``python -m dicom_node.node_cli serve``) in a subprocess, with a
+    """``myonode serve`` (``python -m dicom_node.cli serve``) in a subprocess, with a
     YAML config and its data folder under ``folder``, on 127.0.0.1 and free ports."""
 
     def __init__(self, folder: Path, **sections: dict) -> None:
@@ -233,7 +233,7 @@ class NodeProcess:
 
         self.log = open(self.folder / "node.log", "ab")  # noqa: SIM115 - open while it runs
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.node_cli", "serve", "--config", str(self.config)],
+            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(self.config)],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         runtime = self.data_dir / "node.json"
         deadline = time.monotonic() + timeout_s

@@ -78,7 +78,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from inference.training import run_train
+    from inference.train_cli import run_train
 
     return run_train(args)
 
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     process.set_defaults(run=_process)
 
     from inference.evaluate import add_evaluate_arguments
-    from inference.training import add_train_arguments
+    from inference.train_cli import add_train_arguments
 
     evaluate = commands.add_parser(
         "evaluate", help="Dice, surface distance and FF agreement of predictions against truth"

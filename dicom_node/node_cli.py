@@ -261,23 +261,3 @@ COMMANDS = {
     "retry": ("run a failed job again", add_retry_arguments, run_retry_command),
     "resend": ("send results again", add_resend_arguments, run_resend_command),
 }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The node commands on their own (``python -m dicom_node.node_cli serve ...``), as the
-    tests and a container entry point run them without the rest of the CLI."""
-    parser = argparse.ArgumentParser(prog="myonode")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_arguments, run) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text)
-        add_arguments(sub)
-        sub.set_defaults(run=run)
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except (FileNotFoundError, ValueError) as exc:  # config errors name the file and key
-        return _fail(args.command, str(exc))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

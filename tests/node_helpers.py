@@ -262,7 +262,7 @@ class NodeProcess:
         self.starts += 1
         self.log_path = self.folder / f"node-{self.starts}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while it runs
-        command = [sys.executable, "-m", "dicom_node.node_cli", "serve", "--config",
+        command = [sys.executable, "-m", "dicom_node.cli", "serve", "--config",
                    str(self.config)]
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         runtime = self.data_dir / "node.json"
@@ -344,7 +344,7 @@ class NodeProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         """``myonode <args> --config <this node's config>`` (the node commands)."""
-        return subprocess.run([sys.executable, "-m", "dicom_node.node_cli", *args,
+        return subprocess.run([sys.executable, "-m", "dicom_node.cli", *args,
                                "--config", str(self.config)], capture_output=True, text=True,
                               timeout=60, check=False)
 

@@ -196,7 +196,7 @@ def test_serve_runs_on_embedded_defaults(tmp_path):
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 pytest.skip(f"port {port} is in use on this machine")
-    process = subprocess.Popen([sys.executable, "-m", "dicom_node.node_cli", "serve"],
+    process = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "serve"],
                                cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
         runtime = tmp_path / "myonode-data" / "node.json"
