@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from myonode_config import load_yaml
+from stdnum import verhoeff
 
 DEFAULT_NAME = "muscles.yaml"
 SIDES = ("right", "left")
@@ -21,44 +22,8 @@ MIN_LEFT_OFFSET = MAX_LABEL + 1
 # SNOMED CT partition identifiers of concept ids (short format "00", extension "10").
 CONCEPT_PARTITIONS = ("00", "10")
 
-# Verhoeff tables (dihedral group D5 multiplication and position permutation), the check
-# digit scheme SNOMED CT identifiers use.
-_VERHOEFF_D = (
-    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
-    (1, 2, 3, 4, 0, 6, 7, 8, 9, 5),
-    (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
-    (3, 4, 0, 1, 2, 8, 9, 5, 6, 7),
-    (4, 0, 1, 2, 3, 9, 5, 6, 7, 8),
-    (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
-    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2),
-    (7, 6, 5, 9, 8, 2, 1, 0, 4, 3),
-    (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
-    (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-)
-_VERHOEFF_P = (
-    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
-    (1, 5, 7, 6, 2, 8, 3, 0, 9, 4),
-    (5, 8, 0, 3, 7, 9, 6, 1, 4, 2),
-    (8, 9, 1, 6, 0, 4, 3, 5, 2, 7),
-    (9, 4, 5, 3, 1, 2, 6, 8, 7, 0),
-    (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
-    (2, 7, 9, 3, 8, 0, 6, 4, 1, 5),
-    (7, 0, 4, 6, 9, 1, 3, 2, 5, 8),
-)
-
-
 class MuscleConfigError(ValueError):
     """The muscle table file is malformed; the message names the entry and the field."""
-
-
-def verhoeff_valid(digits: str) -> bool:
-    """True when the last digit of ``digits`` is its Verhoeff check digit."""
-    if not digits.isdigit():
-        return False
-    check = 0
-    for position, char in enumerate(reversed(digits)):
-        check = _VERHOEFF_D[check][_VERHOEFF_P[position % 8][int(char)]]
-    return check == 0
 
 
 def is_concept_sctid(code: str) -> bool:
@@ -71,7 +36,7 @@ def is_concept_sctid(code: str) -> bool:
         and code.isdigit()
         and code[0] != "0"
         and code[-3:-1] in CONCEPT_PARTITIONS
-        and verhoeff_valid(code)
+        and verhoeff.is_valid(code)  # the check digit scheme of SNOMED CT identifiers
     )
 
 
