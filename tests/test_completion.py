@@ -15,13 +15,6 @@ RULES = DixonRules.load()
 
 
 @pytest.fixture(scope="module")
-def siemens(tmp_path_factory):
-    out = tmp_path_factory.mktemp("siemens")
-    make_phantom(out, PhantomOptions(stacks=2, slices=8, matrix=48))
-    return sorted((out / "dicom").rglob("*.dcm"))
-
-
-@pytest.fixture(scope="module")
 def philips_enhanced(tmp_path_factory):
     out = tmp_path_factory.mktemp("enhanced")
     make_phantom(out, PhantomOptions(stacks=2, slices=8, matrix=48, vendor="philips-enhanced"))
@@ -42,39 +35,39 @@ def by_series(paths):
     return series
 
 
-def test_a_whole_study_is_complete(siemens, philips_enhanced):
-    assert verdict(siemens).complete
+def test_a_whole_study_is_complete(small_study, philips_enhanced):
+    assert verdict(small_study).complete
     assert verdict(philips_enhanced).complete
 
 
-def test_a_missing_middle_slice_is_seen(siemens):
-    water = next(v for k, v in sorted(by_series(siemens).items()) if k.endswith("_W"))
-    result = verdict([p for p in siemens if p != water[3]])
+def test_a_missing_middle_slice_is_seen(small_study):
+    water = next(v for k, v in sorted(by_series(small_study).items()) if k.endswith("_W"))
+    result = verdict([p for p in small_study if p != water[3]])
     assert not result.complete
     assert any("missing slice" in r for r in result.reasons), result.reasons
 
 
-def test_a_missing_role_is_seen(siemens):
-    fat = {p for k, v in by_series(siemens).items() if k.endswith("_1_F") for p in v}
-    result = verdict([p for p in siemens if p not in fat])
+def test_a_missing_role_is_seen(small_study):
+    fat = {p for k, v in by_series(small_study).items() if k.endswith("_1_F") for p in v}
+    result = verdict([p for p in small_study if p not in fat])
     assert not result.complete and "stack 0: no fat images" in result.reasons
 
 
-def test_the_last_slices_missing_in_every_role_are_caught_by_images_in_acquisition(siemens):
+def test_the_last_slices_missing_in_every_role_are_caught_by_images_in_acquisition(small_study):
     # The stack just looks shorter: only the header count tells the slices are still due.
     last = set()
-    for name, paths in by_series(siemens).items():
+    for name, paths in by_series(small_study).items():
         if "_2_" in name:
             last.add(max(paths, key=lambda p: pydicom.dcmread(p).InstanceNumber))
-    result = verdict([p for p in siemens if p not in last])
+    result = verdict([p for p in small_study if p not in last])
     assert not result.complete
     assert [r for r in result.reasons if "ImagesInAcquisition" in r], result.reasons
     assert not [r for r in result.reasons if "missing slice" in r]
 
 
-def test_a_count_over_all_series_of_an_acquisition_is_accepted(tmp_path, siemens):
+def test_a_count_over_all_series_of_an_acquisition_is_accepted(tmp_path, small_study):
     # Vendors that count every image of the acquisition (all roles together) in (0020,1002).
-    stack0 = [p for p in siemens if "_1_" in p.parent.name]
+    stack0 = [p for p in small_study if "_1_" in p.parent.name]
     copies = []
     for path in stack0:
         ds = pydicom.dcmread(path)
@@ -94,8 +87,8 @@ def test_enhanced_frames_must_match_number_of_frames(tmp_path, philips_enhanced)
     assert any("NumberOfFrames 36 but 32 per-frame" in r for r in result.reasons), result.reasons
 
 
-def test_no_dixon_images_is_not_complete(tmp_path, siemens):
-    ds = pydicom.dcmread(siemens[0])
+def test_no_dixon_images_is_not_complete(tmp_path, small_study):
+    ds = pydicom.dcmread(small_study[0])
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
     ds.SeriesDescription = "localizer"
     ds.save_as(tmp_path / "loc.dcm")
@@ -139,9 +132,9 @@ def node(tmp_path):
     state.close()
 
 
-def test_release_of_a_complete_study_queues_it_at_once(node, siemens):
+def test_release_of_a_complete_study_queues_it_at_once(node, small_study):
     state, monitor, clock, spool, queued = node
-    study = receive(state, clock, siemens, spool)
+    study = receive(state, clock, small_study, spool)
     assert monitor.tick() == []  # no release yet, not quiet yet
     monitor.released([study])
     clock.now += 1
@@ -150,9 +143,9 @@ def test_release_of_a_complete_study_queues_it_at_once(node, siemens):
     assert state.job(job).state == "queued"
 
 
-def test_an_incomplete_study_waits_for_the_quiet_period(node, siemens):
+def test_an_incomplete_study_waits_for_the_quiet_period(node, small_study):
     state, monitor, clock, spool, _ = node
-    study = receive(state, clock, siemens[:-5], spool)
+    study = receive(state, clock, small_study[:-5], spool)
     monitor.released([study])
     clock.now += 2
     assert monitor.tick() == []
@@ -161,9 +154,9 @@ def test_an_incomplete_study_waits_for_the_quiet_period(node, siemens):
     assert trigger == "quiet_period"
 
 
-def test_a_trickling_sender_is_cut_off_at_the_maximum_wait(node, siemens):
+def test_a_trickling_sender_is_cut_off_at_the_maximum_wait(node, small_study):
     state, monitor, clock, spool, _ = node
-    for path in siemens[:20]:
+    for path in small_study[:20]:
         receive(state, clock, [path], spool)
         clock.now += 5  # never quiet for 10 s
         if monitor.tick():
@@ -172,13 +165,13 @@ def test_a_trickling_sender_is_cut_off_at_the_maximum_wait(node, siemens):
     assert clock.now - state.jobs()[0].created_at >= 60
 
 
-def test_instances_after_queueing_open_a_new_version(node, siemens):
+def test_instances_after_queueing_open_a_new_version(node, small_study):
     state, monitor, clock, spool, _ = node
-    study = receive(state, clock, siemens[:-1], spool)
+    study = receive(state, clock, small_study[:-1], spool)
     clock.now += 11
     [(first, _)] = monitor.tick()
     state.claim_next_job(now=clock())
-    receive(state, clock, siemens[-1:], spool)
+    receive(state, clock, small_study[-1:], spool)
     monitor.released([study])
     clock.now += 1
     [(second, trigger)] = monitor.tick()
@@ -186,7 +179,7 @@ def test_instances_after_queueing_open_a_new_version(node, siemens):
     assert state.job(second).version == 2 and second != first
 
 
-def test_headers_are_read_once_per_file(node, siemens, monkeypatch):
+def test_headers_are_read_once_per_file(node, small_study, monkeypatch):
     from dicom_node import completion
 
     state, monitor, clock, spool, _ = node
@@ -194,20 +187,20 @@ def test_headers_are_read_once_per_file(node, siemens, monkeypatch):
     original = completion.read_facts
     monkeypatch.setattr(completion, "read_facts",
                         lambda path, rules: reads.append(path) or original(path, rules))
-    study = receive(state, clock, siemens[:10], spool)
+    study = receive(state, clock, small_study[:10], spool)
     monitor.released([study])
     monitor.tick()
-    receive(state, clock, siemens[10:20], spool)
+    receive(state, clock, small_study[10:20], spool)
     monitor.released([study])
     monitor.tick()
     assert len(reads) == 20 and len(set(reads)) == 20
 
 
-def test_the_monitor_thread_queues_without_ticks_from_outside(node, siemens):
+def test_the_monitor_thread_queues_without_ticks_from_outside(node, small_study):
     import time
 
     state, monitor, clock, spool, queued = node
-    study = receive(state, clock, siemens, spool)
+    study = receive(state, clock, small_study, spool)
     monitor.tick_s = 0.05
     monitor.start()
     try:

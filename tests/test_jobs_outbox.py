@@ -4,12 +4,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from node_helpers import Receiver, free_port, pipeline_yaml, tiny_model
+from node_helpers import Receiver, free_port
 from peers import mr_dataset
 
 from dicom_node.jobs import JobWorker
 from dicom_node.outbox import Outbox, RetryPolicy, versioned_description
-from dicom_node.phantom_study import PhantomOptions, make_phantom
 from dicom_node.scu import Peer
 from dicom_node.state import State
 
@@ -147,19 +146,6 @@ def test_a_destination_removed_from_the_config_dead_letters_its_deliveries(tmp_p
     assert dead.state == "dead" and "not configured any more" in dead.last_error
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    return pipeline_yaml(folder, tiny_model(folder / "tiny"))
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    out = tmp_path_factory.mktemp("phantom")
-    make_phantom(out, PhantomOptions(stacks=2, slices=8, matrix=48))
-    return sorted((out / "dicom").rglob("*.dcm"))
-
-
 def receive(state, paths):
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -169,30 +155,30 @@ def receive(state, paths):
 
 
 def test_the_worker_runs_the_pipeline_in_a_child_and_fills_the_outbox(
-        tmp_path, state, pipeline, phantom):
+        tmp_path, state, tiny_pipeline, small_study):
     outbox = Outbox(state, tmp_path / "data" / "outbox", {}, "MYONODE")
-    worker = JobWorker(state, tmp_path / "data", outbox, pipeline_config=pipeline)
-    job_id = receive(state, phantom)
+    worker = JobWorker(state, tmp_path / "data", outbox, pipeline_config=tiny_pipeline)
+    job_id = receive(state, small_study)
     state.queue_job(job_id, "complete")
     job = worker.run_once()
     assert job.state == "done", job.error
-    assert job.input_count == len(phantom) and job.attempts == 1
+    assert job.input_count == len(small_study) and job.attempts == 1
     inputs = list((worker.job_dir(job_id) / "input").iterdir())
-    assert len(inputs) == len(phantom)
+    assert len(inputs) == len(small_study)
     items = state.outbox_items(job_id)
     assert sorted(i.kind for i in items) == ["seg", "seg", "sr"]
     seg = pydicom.dcmread(next(i.path for i in items if i.kind == "seg"))
-    assert seg.StudyInstanceUID == pydicom.dcmread(phantom[0]).StudyInstanceUID
+    assert seg.StudyInstanceUID == pydicom.dcmread(small_study[0]).StudyInstanceUID
     assert "Segmentation" in seg.SOPClassUID.name
     assert (worker.job_dir(job_id) / "attempt-1" / "process.log").stat().st_size > 0
     assert worker.run_once() is None  # queue empty
 
 
 def test_a_failed_job_keeps_inputs_and_error_and_can_be_retried(
-        tmp_path, state, pipeline, phantom):
+        tmp_path, state, tiny_pipeline, small_study):
     outbox = Outbox(state, tmp_path / "data" / "outbox", {}, "MYONODE")
-    worker = JobWorker(state, tmp_path / "data", outbox, pipeline_config=pipeline)
-    water_only = [p for p in phantom if p.parent.name.endswith("_W")]
+    worker = JobWorker(state, tmp_path / "data", outbox, pipeline_config=tiny_pipeline)
+    water_only = [p for p in small_study if p.parent.name.endswith("_W")]
     job_id = receive(state, water_only[:3])
     state.queue_job(job_id, "quiet_period")
     job = worker.run_once()

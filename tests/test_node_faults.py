@@ -13,8 +13,6 @@ from node_helpers import (
     NodeProcess,
     Receiver,
     free_port,
-    pipeline_yaml,
-    tiny_model,
     wait_for,
 )
 from peers import scu_peer
@@ -25,22 +23,8 @@ from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 
 from dicom_node import disk
-from dicom_node.phantom_study import PhantomOptions, make_phantom
 
 RESULTS_PER_STUDY = 3  # two SEGs (one per stack) and one SR
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    return pipeline_yaml(folder, tiny_model(folder / "tiny"))
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("study")
-    make_phantom(out, PhantomOptions(stacks=2, slices=8, matrix=48))
-    return sorted((out / "dicom").rglob("*.dcm"))
 
 
 @pytest.fixture()
@@ -51,12 +35,12 @@ def pacs(tmp_path):
 
 
 @pytest.fixture()
-def node_for(tmp_path, pipeline, pacs):
+def node_for(tmp_path, tiny_pipeline, pacs):
     """Makes the test's node (delivering to ``pacs``); stops it whatever the outcome."""
     made = []
 
     def make(**sections) -> NodeProcess:
-        node = NodeProcess(tmp_path / "node", pipeline, destinations=[
+        node = NodeProcess(tmp_path / "node", tiny_pipeline, destinations=[
             {"name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1",
              "port": pacs.port}], **sections)
         made.append(node)
@@ -81,26 +65,26 @@ def spool_files(node: NodeProcess) -> list[Path]:
     return sorted((node.data_dir / "spool").rglob("*.dcm"))
 
 
-def test_kill_9_while_receiving_then_the_sender_repeats(node_for, pacs, study):
+def test_kill_9_while_receiving_then_the_sender_repeats(node_for, pacs, small_study):
     pacs.start()
     node = node_for().start()
     peer = scu_peer()
     outcome = {}
     sender = threading.Thread(target=lambda: outcome.update(
-        run=peer.store(study, node.port, calling="SCANNER")))
+        run=peer.store(small_study, node.port, calling="SCANNER")))
     sender.start()
     wait_for(lambda: len(spool_files(node)) >= 5, 60, "the first instances", interval_s=0.005)
     node.kill(signal.SIGKILL)
     sender.join(timeout=120)
     received = len(spool_files(node))
     # killed mid-study (the tools differ in how they report the aborted association)
-    assert received < len(study), outcome["run"].output[-500:]
+    assert received < len(small_study), outcome["run"].output[-500:]
     node.start()
     assert not list((node.data_dir / "spool").rglob(".*.tmp"))
-    run = peer.store(study, node.port, calling="SCANNER")  # the scanner sends it again
+    run = peer.store(small_study, node.port, calling="SCANNER")  # the scanner sends it again
     assert run.returncode == 0, run.output
     [job] = node.wait_jobs({"done", "failed"})
-    assert job["state"] == "done" and job["input_count"] == len(study), dict(job)
+    assert job["state"] == "done" and job["input_count"] == len(small_study), dict(job)
     assert len(node.jobs()) == 1  # repeats of stored instances open no new version
     assert_delivered_once(pacs, node)
 
@@ -113,10 +97,10 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_kill_9_while_processing_then_restart(node_for, pacs, study):
+def test_kill_9_while_processing_then_restart(node_for, pacs, small_study):
     pacs.start()
     node = node_for().start()
-    assert scu_peer().store(study, node.port, calling="SCANNER").returncode == 0
+    assert scu_peer().store(small_study, node.port, calling="SCANNER").returncode == 0
     node.wait_jobs({"processing"}, timeout_s=60)
     children = wait_for(node.children, 30, "the job's child process", interval_s=0.05)
     node.kill(signal.SIGKILL)
@@ -135,9 +119,9 @@ def test_kill_9_while_processing_then_restart(node_for, pacs, study):
     assert_delivered_once(pacs, node)
 
 
-def test_pacs_down_then_up(node_for, pacs, study):
+def test_pacs_down_then_up(node_for, pacs, small_study):
     node = node_for().start()  # the PACS is not running yet
-    assert scu_peer().store(study, node.port, calling="SCANNER").returncode == 0
+    assert scu_peer().store(small_study, node.port, calling="SCANNER").returncode == 0
     node.wait_jobs({"sending"})
     wait_for(lambda: node.query("SELECT MIN(attempts) a FROM deliveries")[0]["a"], 60,
              "failed delivery attempts")
@@ -152,11 +136,11 @@ def test_pacs_down_then_up(node_for, pacs, study):
     assert_delivered_once(pacs, node)
 
 
-def test_an_unknown_calling_ae_is_rejected(node_for, pacs, study):
+def test_an_unknown_calling_ae_is_rejected(node_for, pacs, small_study):
     node = node_for(
         security={"allowed_calling_aets": ["SCANNER"]}).start()
     peer = scu_peer()
-    intruder = peer.store(study[:4], node.port, calling="INTRUDER")
+    intruder = peer.store(small_study[:4], node.port, calling="INTRUDER")
     assert intruder.returncode != 0 and intruder.rejected, intruder.output
     assert not spool_files(node)
     [rejection] = node.events("association.rejected")
@@ -192,12 +176,12 @@ def c_store_statuses(port: int, files: list[Path]) -> list[int]:
 
 
 def test_garbage_and_truncated_datasets_fail_and_the_node_still_serves(
-        tmp_path, node_for, pacs, study, monkeypatch):
+        tmp_path, node_for, pacs, small_study, monkeypatch):
     monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
     pacs.start()
     # a long quiet period: the single good instance waits for the rest of its study
     node = node_for(completion={"quiet_period_s": 100, "max_wait_s": 200}).start()
-    good = study[0]
+    good = small_study[0]
     garbage = raw_file(tmp_path / "garbage.dcm", bytes(range(256)) * 40, generate_uid())
     meta, offset = split_dataset(good)
     dataset = good.read_bytes()[offset:]
@@ -209,19 +193,19 @@ def test_garbage_and_truncated_datasets_fail_and_the_node_still_serves(
     assert len(quarantined) == 2
     assert [p.name for p in spool_files(node)] == [f"{meta.MediaStorageSOPInstanceUID}.dcm"]
     # the association went on, and the node serves the whole study afterwards
-    assert scu_peer().store(study, node.port, calling="SCANNER").returncode == 0
+    assert scu_peer().store(small_study, node.port, calling="SCANNER").returncode == 0
     [job] = node.wait_jobs({"done", "failed"})
     assert job["state"] == "done", dict(job)
     assert_delivered_once(pacs, node)
 
 
-def test_disk_below_the_watermark_is_out_of_resources(tmp_path, node_for, study):
+def test_disk_below_the_watermark_is_out_of_resources(tmp_path, node_for, small_study):
     free_mb = disk.free_bytes(tmp_path) // 2**20
     node = node_for(
         limits={"min_free_disk_mb": free_mb + 100_000}).start()
-    statuses = c_store_statuses(node.port, study[:3])
+    statuses = c_store_statuses(node.port, small_study[:3])
     assert statuses == [0xA700] * 3
-    run = scu_peer().store(study[:3], node.port, calling="SCANNER")
+    run = scu_peer().store(small_study[:3], node.port, calling="SCANNER")
     assert run.returncode != 0 or "a700" in run.output.lower() or "resources" in \
         run.output.lower(), run.output
     assert not list((node.data_dir / "spool").rglob("*"))  # nothing, not even a temp file
