@@ -137,7 +137,7 @@ def start_http(metrics: NodeMetrics, config: HttpConfig) -> MetricsServer | None
 
 def _handler_for(metrics: NodeMetrics) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._reply(200, CONTENT_TYPE_LATEST, metrics.exposition())
@@ -155,7 +155,7 @@ def _handler_for(metrics: NodeMetrics) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             """Scrapes are not worth a log line each."""
 
     return Handler

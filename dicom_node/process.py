@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from myonode_config import load_yaml
 
 from dicom_node.dixon_roles import DixonRules
 from dicom_node.scan import scan_folder
@@ -27,7 +28,6 @@ from inference.model_package import ModelPackage
 from inference.muscles import load_muscles
 from inference.quantify import quantify
 from inference.segment import segment
-from myonode_config import load_yaml
 from reporting.seg import ModelInfo, build_segmentations
 from reporting.sr import build_report
 

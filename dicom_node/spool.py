@@ -16,7 +16,7 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 
@@ -97,7 +97,7 @@ class Spool:
     def quarantine(self, raw: bytes | Dataset, reason: str, calling_ae: str, peer: str,
                    details: dict | None = None) -> Path:
         """Keep rejected input with a ``.json`` note (reason, time, peer and ``details``)."""
-        stamp = datetime.now(timezone.utc)
+        stamp = datetime.now(UTC)
         name = f"{stamp.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:12]}"
         data = raw if isinstance(raw, bytes) else _encode(raw, getattr(raw, "file_meta", None))
         target = self.quarantine_dir / f"{name}.dcm"

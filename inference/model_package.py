@@ -241,7 +241,9 @@ class ModelPackage:
 def _allowed(allowed_codes: Iterable[str] | None) -> set[str]:
     if allowed_codes is not None:
         return set(allowed_codes)
-    from inference.muscles import load_muscles  # the project's muscle table (config/muscles.yaml)
+    from inference.muscles import (
+        load_muscles,  # the project's muscle table (config/muscles.yaml)
+    )
 
     return {muscle.code for muscle in load_muscles().muscles}
 

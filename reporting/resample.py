@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from inference.geometry import VolumeGeometry
 
+
 def labels_on_stack(
     labels: np.ndarray, grid: VolumeGeometry, stack: VolumeGeometry
 ) -> np.ndarray:

@@ -8,13 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from input_side_helpers import (
+    field_on,
+    grid,
+    info,
+    roles_from,
+    write_geometries,
+    write_stacks,
+)
 
 from dicom_node.dixon_roles import DixonRules
+from dicom_node.phantom_writer import StackImages, write_study
 from dicom_node.scan import scan_folder
 from dicom_node.stacks import group_studies
 from dicom_node.stitch import stitch
-from dicom_node.phantom_writer import StackImages, write_study
-from input_side_helpers import field_on, grid, info, roles_from, write_geometries, write_stacks
 
 RULES = DixonRules.load()
 

@@ -27,8 +27,8 @@ from inference.training import (
 from inference.training_data import (
     LegCase,
     geometry_from_nifti,
-    sample_patch,
     read_site_case,
+    sample_patch,
     site_case_on_grid,
 )
 

@@ -20,10 +20,15 @@ from scipy.interpolate import PchipInterpolator
 
 from inference.muscles import load_muscles
 from inference.phantom import bones as bone_table
-from inference.phantom import fields
-from inference.phantom import layout
-from inference.phantom.infiltration import (ATROPHY, FF_GRADIENT, FF_MID, HETEROGENEITY,
-                                            PERIPHERY, tissue_fat_fraction)
+from inference.phantom import fields, layout
+from inference.phantom.infiltration import (
+    ATROPHY,
+    FF_GRADIENT,
+    FF_MID,
+    HETEROGENEITY,
+    PERIPHERY,
+    tissue_fat_fraction,
+)
 
 if TYPE_CHECKING:
     from inference.phantom.anatomy import Subject
