@@ -471,17 +471,23 @@ def _job_key(stage: str, fold: int) -> str:
 def _initial_weights(
     config: TrainingConfig, stage: StageConfig, fold: int, completed: Mapping[str, Any]
 ) -> tuple[dict[str, torch.Tensor] | None, str]:
-    """Starting weights of a job and where they come from."""
+    """Starting weights of a job and where they come from.
+
+    A stage that names an earlier one (``init: li``) starts from that stage's best fold of
+    this run, with or without ``--init``: the seed fine-tunes its HI model from its LI model,
+    and after fine-tuning LI on new data that LI is the better start for HI. Other stages
+    start from the ``--init`` package's model of the same name, else from random weights.
+    """
+    if stage.init is not None:
+        candidates = [(v["mean_dice"], k) for k, v in completed.items() if k.startswith(f"{stage.init}/")]
+        best_dice, best_key = max(candidates)
+        return completed[best_key]["state"], f"best {stage.init} fold {best_key} (val Dice {best_dice:.3f})"
     if config.init_package:
         source = ModelPackage.load(config.init_package)
         if stage.name in source.models:
             files = source.models[stage.name]
             name = files[fold % len(files)]
             return load_file(str(source.folder / name)), f"package {config.init_package} ({name})"
-    if stage.init is not None:
-        candidates = [(v["mean_dice"], k) for k, v in completed.items() if k.startswith(f"{stage.init}/")]
-        best_dice, best_key = max(candidates)
-        return completed[best_key]["state"], f"best {stage.init} fold {best_key} (val Dice {best_dice:.3f})"
     return None, "random"
 
 

@@ -118,6 +118,17 @@ def test_resume_continues_to_the_same_weights(straight, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fine_tuning_starts_li_from_the_package_and_hi_from_the_new_li(straight, tmp_path):
+    config, package_dir, _ = straight
+    config = config.with_overrides(epochs=1, init_package=str(package_dir))
+    lines = []
+    out = train(config, tmp_path / "tuned", progress=lambda event, text: lines.append(text) if event == "line" else None)
+    starts = [line for line in lines if ": start at epoch" in line]
+    assert f"li/fold1: start at epoch 1/1, init package {package_dir} (li/fold1.safetensors)" in starts
+    assert any(line.startswith("hi/fold1: start") and "init best li fold li/fold1" in line for line in starts)
+    assert ModelPackage.load(out).network == ModelPackage.load(package_dir).network
+
+
 def test_config_keeps_acceptance_and_validation_seeds_out_of_training(tmp_path):
     stages = [dict(TINY["stages"][0], val_seeds=[899])]
     with pytest.raises(TrainingConfigError, match="900..999"):
