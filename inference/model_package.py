@@ -33,6 +33,7 @@ on HI scans (same architecture). A package may hold only ``li`` or only ``hi``.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -212,6 +213,7 @@ class ModelPackage:
                         state = state.state_dict()
                     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
                     save_file(tensors, str(target), metadata={"package": self.name, "model": key, "fold": str(index)})
+                    _readable_like_other_files(target)
                 elif (self.folder / name).resolve() != target.resolve():
                     shutil.copyfile(self.folder / name, target)
         with open(folder / MODEL_FILE, "w", encoding="utf-8") as handle:
@@ -438,3 +440,12 @@ def _check_weight_files(package: ModelPackage) -> list[str]:
                         f"{where}: tensor {tensor} has shape {list(shape)}, network config expects {list(expected[tensor])}"
                     )
     return problems
+
+
+def _readable_like_other_files(path: Path) -> None:
+    """safetensors writes its files with mode 0600; give them the mode any new file gets
+    (0666 less the umask), so a node running as another user can read a site's package."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+

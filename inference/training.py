@@ -316,16 +316,22 @@ def _fold_files(stage: str, folds: int) -> list[str]:
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weights: tuple[float, float]) -> tuple[torch.Tensor, float, float]:
     """Weighted cross-entropy + soft Dice loss; returns (loss, ce, dice loss).
 
-    Soft Dice per muscle over the whole batch, smoothed by one voxel so that a muscle absent
-    from the patch scores 1 when none of it is predicted; background is left out."""
+    Soft Dice per muscle over the whole batch, averaged over the muscles PRESENT in the
+    batch's labels (background left out); a patch without any muscle has no Dice term. A
+    muscle absent from a patch must not score: with a smoothing term such a muscle's "Dice"
+    is 1 / (predicted mass + 1), which pushes its probability down everywhere in the ~98% of
+    thin patches that miss a small muscle, and in thigh-phantom 0.1.0/0.2.0 kept the
+    pectineus at a validation Dice of 0. False positives of absent muscles are left to the
+    cross-entropy term. (nnU-Net's tiny smoothing has the same effect: no gradient there.)"""
     ce = F.cross_entropy(logits, target)
     probs = torch.softmax(logits.float(), dim=1)
     onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
     dims = (0, 2, 3, 4)
-    overlap = (probs * onehot).sum(dims)
-    sizes = probs.sum(dims) + onehot.sum(dims)
-    dice = (2.0 * overlap + 1.0) / (sizes + 1.0)
-    dice_loss = 1.0 - dice[1:].mean()
+    overlap = (probs * onehot).sum(dims)[1:]
+    truth = onehot.sum(dims)[1:]
+    dice = (2.0 * overlap + 1.0) / (probs.sum(dims)[1:] + truth + 1.0)
+    present = truth > 0
+    dice_loss = 1.0 - dice[present].mean() if bool(present.any()) else probs.new_zeros(())
     loss = weights[0] * ce + weights[1] * dice_loss
     return loss, float(ce.detach()), float(dice_loss.detach())
 

@@ -4,6 +4,7 @@ and site data read from NIfTI in its true orientation. (No real training happens
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -96,6 +97,9 @@ def test_training_writes_a_package_that_loads(straight):
     li = load_file(str(out / "li/fold1.safetensors"))
     hi = load_file(str(out / "hi/fold1.safetensors"))
     assert not all(torch.equal(li[k], hi[k]) for k in li)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "li/fold1.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not 0600
 
 
 def test_resume_continues_to_the_same_weights(straight, tmp_path):
@@ -173,6 +177,21 @@ def test_loss_is_low_for_a_confident_correct_prediction():
     good, _, _ = segmentation_loss(right, target, (1.0, 1.0))
     bad, _, _ = segmentation_loss(torch.zeros_like(right), target, (1.0, 1.0))
     assert float(good) < 0.01 and float(bad) > 2.0
+
+
+def test_dice_term_ignores_muscles_absent_from_the_patch():
+    target = torch.zeros((1, 4, 6, 6), dtype=torch.int64)
+    target[0, 1:3, 2:4, 2:4] = 2
+    logits = torch.nn.functional.one_hot(target, 19).movedim(-1, 1).float() * 5.0
+    logits[0, 5] += 3.0  # probability mass on muscle 5, which the patch does not contain
+    _, _, dice_loss = segmentation_loss(logits, target, (1.0, 1.0))
+    probs = torch.softmax(logits, dim=1)[0, 2]
+    inside = target[0] == 2
+    only_present = 1.0 - (2.0 * probs[inside].sum() + 1.0) / (probs.sum() + inside.sum() + 1.0)
+    assert dice_loss == pytest.approx(float(only_present), rel=1e-5)
+    background = torch.zeros_like(target)
+    loss, ce, dice = segmentation_loss(logits, background, (1.0, 1.0))
+    assert dice == 0.0 and float(loss) == pytest.approx(ce)
 
 
 def save_nifti(path, array_kji, geometry, flip_i=False):
