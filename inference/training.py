@@ -493,7 +493,8 @@ def _initial_weights(
         if stage.name in source.models:
             files = source.models[stage.name]
             name = files[fold % len(files)]
-            return load_file(str(source.folder / name)), f"package {config.init_package} ({name})"
+            return load_file(str(source.folder / name)), (
+                f"package {config.init_package} ({source.name} {source.version}, {name})")
     return None, "random"
 
 

@@ -128,7 +128,7 @@ def test_fine_tuning_starts_li_from_the_package_and_hi_from_the_new_li(straight,
     lines = []
     out = train(config, tmp_path / "tuned", progress=lambda event, text: lines.append(text) if event == "line" else None)
     starts = [line for line in lines if ": start at epoch" in line]
-    assert f"li/fold1: start at epoch 1/1, init package {package_dir} (li/fold1.safetensors)" in starts
+    assert f"li/fold1: start at epoch 1/1, init package {package_dir} (tiny 0, li/fold1.safetensors)" in starts
     assert any(line.startswith("hi/fold1: start") and "init best li fold li/fold1" in line for line in starts)
     assert ModelPackage.load(out).network == ModelPackage.load(package_dir).network
 
