@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 import yaml
-from common import CACHE, busy_processes, conditions, phantom, record, row
+from common import CACHE, busy_processes, conditions, phantom, record, row, row_note
 from myonode_config import load_yaml
 
 from dicom_node.phantom_study import PhantomOptions
-from inference.evaluate import evaluate
+from inference.evaluate import evaluate, summarize
 
 CASES: dict[str, PhantomOptions] = {
     "low-siemens-3": PhantomOptions(seed=21, infiltration="low", vendor="siemens", stacks=3),
@@ -73,11 +73,10 @@ def linked_set(root: Path, names: list[str], source: dict[str, Path]) -> Path:
 
 
 def score(pred: dict[str, Path], truth: dict[str, Path], names: list[str]) -> dict:
-    """``evaluate``'s summary for the cases ``names``."""
+    """``evaluate``'s report for the cases ``names`` (each case scored once)."""
     with tempfile.TemporaryDirectory() as tmp:
-        report = evaluate(linked_set(Path(tmp) / "pred", names, pred),
-                          linked_set(Path(tmp) / "truth", names, truth))
-    return report
+        return evaluate(linked_set(Path(tmp) / "pred", names, pred),
+                        linked_set(Path(tmp) / "truth", names, truth))
 
 
 def main() -> None:
@@ -104,9 +103,9 @@ def main() -> None:
         pred[name] = work / "pred" / name
         times[name] = process_case(name, dicom, pred[name], args.device, pipeline)
 
-    levels = {level: [n for n in CASES if CASES[n].infiltration == level] for level in DICE_GOAL}
-    by_level = {level: score(pred, truth, names)["summary"] for level, names in levels.items()}
     overall = score(pred, truth, list(CASES))
+    by_level = {level: summarize([c for c in overall["cases"] if CASES[c["case"]].infiltration == level])
+                for level in DICE_GOAL}
     model = json.loads((pred[next(iter(CASES))] / "results.json").read_text())["model"]
     (work / "report.json").write_text(json.dumps(
         {"model": model, "times": times, "by_level": by_level, "all": overall}, indent=2))
@@ -134,7 +133,7 @@ def main() -> None:
     cells.append(f"{bias:+.2f} [{loa[0]:+.2f}, {loa[1]:+.2f}] (n {summary['n']}); {verdict}")
     wall = {n: t["wall_s"] for n, t in times.items()}
     cells.append(", ".join(f"{n} {w:.0f} s" for n, w in wall.items()))
-    cells.append("busy at start: " + (", ".join(busy) or "nothing else"))
+    cells.append(row_note([], busy) or "busy at start: nothing else")
     if args.record:
         record("accuracy", [row(cond, cells)])
 

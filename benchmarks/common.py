@@ -188,6 +188,12 @@ def row(cond: Conditions, cells: list[str]) -> str:
     return "| " + " | ".join(v.replace("|", "/") for v in values) + " |"
 
 
+def row_note(parts: list[str], busy: list[str], extra: str = "") -> str:
+    """A row's note: its ``parts``, the processes that were busy at the start, ``extra``."""
+    busy_text = f"busy at start: {', '.join(busy)}" if busy else ""
+    return "; ".join(filter(None, [*parts, busy_text, extra]))
+
+
 def record(section: str, rows: list[str]) -> None:
     """Add ``rows`` to the table of ``section`` in BENCHMARKS.md (above its end marker)."""
     marker = f"<!-- end of {section} rows -->"

@@ -43,6 +43,7 @@ from common import (
     phantom,
     record,
     row,
+    row_note,
     wait_port,
 )
 
@@ -192,12 +193,11 @@ def main() -> None:
                      f"{case['processing_s']:.1f} (start-up and handing over {child:.1f}; "
                      f"{stages}) + sending {case['sending_s']:.1f}")
         load_end = "/".join(f"{v:.2f}" for v in os.getloadavg())
-        note = "; ".join(filter(None, [
+        note = row_note([
             model_name, f"model used: {case['model_used']}",
             f"grid {'x'.join(map(str, case['grid'] or []))}",
             f"sending the {case['files']} files took {case['send_s']:.1f} s",
-            f"load at end {load_end}", f"busy at start: {', '.join(busy)}" if busy else "",
-            args.note]))
+            f"load at end {load_end}"], busy, args.note)
         study = f"{stacks} stack{'s' if stacks > 1 else ''} ({case['files']} images)"
         rows.append(row(cond, [study, "CPU", f"{latency:.1f}", breakdown,
                                f"<= {GOAL_CPU_S:.0f} s: {verdict}", note]))

@@ -33,7 +33,15 @@ import time
 
 import numpy as np
 import torch
-from common import benchmark_model, busy_processes, conditions, phantom, record, row
+from common import (
+    benchmark_model,
+    busy_processes,
+    conditions,
+    phantom,
+    record,
+    row,
+    row_note,
+)
 
 from dicom_node.dixon_roles import DixonRules
 from dicom_node.phantom_study import PhantomOptions
@@ -169,13 +177,12 @@ def main() -> None:
           f"max |dp| {same_windows[0]:.2e}, argmax {same_windows[1] * 100:.3f}%; and "
           f"myonode's map: max |dp| {same_map[0]:.2e}, argmax {same_map[1] * 100:.3f}%")
     load_end = "/".join(f"{v:.2f}" for v in os.getloadavg())
-    note = "; ".join(filter(None, [
+    note = row_note([
         f"{model_name}", f"legs {' + '.join('x'.join(map(str, v.shape[1:])) for v in volumes)}",
         (f"patch {'x'.join(map(str, patch))}, overlap {args.overlap}, "
          f"batch {args.batch_size}, {threads} threads"),
         f"median of {args.repeat}", f"MONAI {monai.__version__}",
-        f"load at end {load_end}", f"busy at start: {', '.join(busy)}" if busy else "",
-        args.note]))
+        f"load at end {load_end}"], busy, args.note)
     cells = ["CPU", f"{median['myonode']:.2f} ({network['myonode']:.2f})",
              f"{median['monai']:.2f} ({network['monai']:.2f})", f"{speedup:.2f}x",
              (f"legs {diff:.1e} / {argmax * 100:.2f}%; same windows {same_windows[0]:.1e} / "

@@ -40,6 +40,7 @@ from common import (
     phantom,
     record,
     row,
+    row_note,
 )
 from encode_seg_sr import MODEL, load, timed, write_all
 
@@ -136,11 +137,10 @@ def main() -> None:
     print(json.dumps(enc, indent=1), flush=True)
     verdict = "met" if enc["best_s"] <= ENCODE_GOAL_S else \
         f"MISSED by {enc['best_s'] - ENCODE_GOAL_S:.2f} s"
-    note = "; ".join(filter(None, [
+    note = row_note([
         (f"3 SEGs ({enc['type']}) {enc['seg_s']:.2f} s + SR {enc['sr_s']:.2f} s (best of "
          f"{args.repeat}; median {enc['median_s']:.2f} s; first call {enc['first_s']:.2f} s)"),
-        f"writing them {enc['write_s']:.2f} s ({enc['bytes'] / 1e6:.0f} MB)",
-        f"busy at start: {', '.join(busy)}" if busy else "", args.note]))
+        f"writing them {enc['write_s']:.2f} s ({enc['bytes'] / 1e6:.0f} MB)"], busy, args.note)
     rows.append(row(cond, ["SEG + SR encode, 3 stacks", f"{enc['best_s']:.2f} s",
                            f"<= {ENCODE_GOAL_S:.0f} s: {verdict}", note]))
     print(rows[-1], flush=True)
@@ -154,11 +154,10 @@ def main() -> None:
     verdict = "met" if peak <= MEMORY_GOAL_GB * 1e9 else \
         f"MISSED by {(peak / 1e9 - MEMORY_GOAL_GB):.2f} GB"
     stages = ", ".join(f"{k} {v:.1f}" for k, v in run["timings_s"].items() if k != "total")
-    note = "; ".join(filter(None, [
+    note = row_note([
         (f"polled tree sum {run['polled_bytes'] / 1e9:.2f} GB, ru_maxrss "
          f"{run['maxrss_bytes'] / 1e9:.2f} GB"), f"wall {run['wall_s']:.0f} s ({stages})",
-        model_name, f"model used: {run['model_used']}",
-        f"busy at start: {', '.join(busy)}" if busy else "", args.note]))
+        model_name, f"model used: {run['model_used']}"], busy, args.note)
     rows.append(row(cond, ["peak memory, myonode process, 3 stacks", f"{peak / 1e9:.2f} GB",
                            f"<= {MEMORY_GOAL_GB:.0f} GB: {verdict}", note]))
     print(rows[-1], flush=True)

@@ -47,6 +47,7 @@ from common import (
     phantom,
     record,
     row,
+    row_note,
     wait_port,
 )
 
@@ -171,10 +172,9 @@ def main() -> None:
         print(f"{associations} assoc: DCMTK {rate['dcmtk']:.1f} img/s, myonode "
               f"{rate['myonode']:.1f} img/s, ratio {ratio:.2f} (goal >= {goal}: {verdict})"
               + (f"; {floor}" if floor else ""))
-        note = "; ".join(filter(None, [
+        note = row_note([
             (f"median of {args.repeat} (best: DCMTK {best['dcmtk']:.0f}, myonode "
-             f"{best['myonode']:.0f})"), floor, f"load at end {load_end}",
-            f"busy at start: {', '.join(busy)}" if busy else "", args.note]))
+             f"{best['myonode']:.0f})"), floor, f"load at end {load_end}"], busy, args.note)
         rows.append(row(cond, [str(associations), f"{rate['dcmtk']:.1f}",
                                f"{rate['myonode']:.1f}", f"{ratio:.2f}",
                                f">= {goal}: {verdict}", note]))
