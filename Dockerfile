@@ -17,6 +17,7 @@ RUN python3 -m venv /opt/myonode \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY common ./common
 COPY dicom_node ./dicom_node
 COPY inference ./inference
 COPY reporting ./reporting

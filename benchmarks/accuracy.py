@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 import yaml
-from common import CACHE, busy_processes, conditions, phantom, record, row, row_note
 from myonode_config import load_yaml
 
-from dicom_node.phantom_study import PhantomOptions
+from common import CACHE, busy_processes, conditions, phantom, record, row, row_note
+from dicom_node.phantom.study import PhantomOptions
 from inference.evaluate import evaluate, summarize
 
 CASES: dict[str, PhantomOptions] = {

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from dicom_node.phantom_study import PhantomOptions, make_phantom
+from dicom_node.phantom.study import PhantomOptions, make_phantom
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = REPO / "BENCHMARKS.md"
@@ -294,7 +294,7 @@ def benchmark_model() -> tuple[Path, str]:
     do not depend on the weights; the labels it produces are meaningless.
     """
     from dicom_node.process import shipped_model_path
-    from inference.model_package import ModelPackage, ModelPackageError
+    from inference.models.package import ModelPackage, ModelPackageError
 
     shipped = shipped_model_path()
     try:
@@ -304,8 +304,9 @@ def benchmark_model() -> tuple[Path, str]:
         pass
     import torch
 
-    from inference.training import load_training_config, package_template
-    from inference.unet import UNet3D
+    from inference.models.unet import UNet3D
+    from inference.training.config import load_training_config
+    from inference.training.packaging import package_template
 
     folder = CACHE / "random-model"
     template = package_template(load_training_config())

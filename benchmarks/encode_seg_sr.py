@@ -22,13 +22,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from dicom_node.dixon_roles import DixonRules
-from dicom_node.phantom_study import PhantomOptions, make_phantom
-from dicom_node.scan import scan_folder
-from dicom_node.stacks import group_studies
-from dicom_node.stitch import plan_stitch, stitch
+from common.muscles import load_muscles
+from dicom_node.phantom.study import PhantomOptions, make_phantom
+from dicom_node.study.dixon_roles import DixonRules
+from dicom_node.study.scan import scan_folder
+from dicom_node.study.stacks import group_studies
+from dicom_node.study.stitch import plan_stitch, stitch
 from inference.fat_fraction import ff_from_water_fat
-from inference.muscles import load_muscles
 from inference.quantify import quantify
 from reporting.seg import ModelInfo, build_segmentations, load_reporting_config
 from reporting.sr import build_report

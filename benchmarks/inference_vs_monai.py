@@ -1,7 +1,7 @@
 """Sliding-window inference: myonode's ``sliding_window_inference`` against MONAI's.
 
 Is our own sliding window worth keeping instead of MONAI's? Both run the same network (the
-benchmark model's LI fold, ``inference.unet.UNet3D``) over the same inputs: the two leg
+benchmark model's LI fold, ``inference.models.unet.UNet3D``) over the same inputs: the two leg
 volumes that the pipeline feeds the network for the full-size 3-stack phantom (384 x 384,
 3 x 140 slices), made with the pipeline's own steps (stitch, model grid, normalisation,
 body crop, leg split, pad to the patch). Same patch size, overlap and batch size; Gaussian
@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 import torch
+
 from common import (
     benchmark_model,
     busy_processes,
@@ -42,12 +43,11 @@ from common import (
     row,
     row_note,
 )
-
-from dicom_node.dixon_roles import DixonRules
-from dicom_node.phantom_study import PhantomOptions
+from dicom_node.phantom.study import PhantomOptions
 from dicom_node.process import FF_ROLES, select_study
-from dicom_node.stitch import stitch
-from inference.model_package import ModelPackage
+from dicom_node.study.dixon_roles import DixonRules
+from dicom_node.study.stitch import stitch
+from inference.models.package import ModelPackage
 from inference.resample import Canonical, model_grid, resample_image, same_spacing
 from inference.segment import anatomy_image, pad_to_patch, prepare_legs, required_images
 from inference.sliding_window import configure_cpu_threads, gaussian_importance

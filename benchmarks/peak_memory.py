@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 import yaml
+from encode_seg_sr import MODEL, load, timed, write_all
+
 from common import (
     CACHE,
     benchmark_model,
@@ -42,9 +44,7 @@ from common import (
     row,
     row_note,
 )
-from encode_seg_sr import MODEL, load, timed, write_all
-
-from dicom_node.phantom_study import PhantomOptions
+from dicom_node.phantom.study import PhantomOptions
 from reporting.seg import build_segmentations, load_reporting_config
 from reporting.sr import build_report
 

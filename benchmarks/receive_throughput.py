@@ -50,8 +50,7 @@ from common import (
     row_note,
     wait_port,
 )
-
-from dicom_node.phantom_study import PhantomOptions
+from dicom_node.phantom.study import PhantomOptions
 
 IMAGES = 400
 GOALS = {1: 0.5, 4: 1.0}  # myonode / DCMTK, issue 6

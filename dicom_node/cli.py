@@ -12,13 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from dicom_node.dixon_roles import RulesError
+from dicom_node.study.dixon_roles import RulesError
 
 EXIT_BAD_INPUT = 2
 
 
 def _phantom(args: argparse.Namespace) -> int:
-    from dicom_node.phantom_study import PhantomOptions, make_phantom
+    from dicom_node.phantom.study import PhantomOptions, make_phantom
 
     options = PhantomOptions(
         seed=args.seed,
@@ -43,7 +43,7 @@ def _phantom(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from dicom_node.inspect_study import format_report, inspect_folder
+    from dicom_node.study.inspection import format_report, inspect_folder
 
     report = inspect_folder(Path(args.dicom_dir), Path(args.rules) if args.rules else None)
     if args.json:
@@ -78,7 +78,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from inference.train_cli import run_train
+    from inference.training.cli import run_train
 
     return run_train(args)
 
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     process.set_defaults(run=_process)
 
     from inference.evaluate import add_evaluate_arguments
-    from inference.train_cli import add_train_arguments
+    from inference.training.cli import add_train_arguments
 
     evaluate = commands.add_parser(
         "evaluate", help="Dice, surface distance and FF agreement of predictions against truth"
@@ -143,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(run=_train)
 
-    from dicom_node import node_cli
+    from dicom_node.serve.commands import COMMANDS as NODE_COMMANDS
 
-    for name, (help_text, add_arguments, run) in node_cli.COMMANDS.items():
+    for name, (help_text, add_arguments, run) in NODE_COMMANDS.items():
         sub = commands.add_parser(name, help=help_text)
         add_arguments(sub)
         sub.set_defaults(run=run)

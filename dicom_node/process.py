@@ -18,14 +18,15 @@ import nibabel as nib
 import numpy as np
 from myonode_config import load_yaml
 
-from dicom_node.dixon_roles import DixonRules
-from dicom_node.scan import scan_folder
-from dicom_node.stacks import StudyStacks, group_studies
-from dicom_node.stitch import stitch
+from common.geometry import VolumeGeometry
+from common.muscles import load_muscles
+from common.study import StudyStacks
+from dicom_node.study.dixon_roles import DixonRules
+from dicom_node.study.scan import scan_folder
+from dicom_node.study.stacks import group_studies
+from dicom_node.study.stitch import stitch
 from inference.fat_fraction import fat_fraction_map
-from inference.geometry import VolumeGeometry
-from inference.model_package import ModelPackage
-from inference.muscles import load_muscles
+from inference.models.package import ModelPackage
 from inference.quantify import quantify
 from inference.segment import segment
 from reporting.seg import ModelInfo, build_segmentations

@@ -35,7 +35,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from inference.muscles import MuscleTable, load_muscles
+from common.muscles import MuscleTable, load_muscles
 
 LABELS_NAME = "labels.nii.gz"
 PRED_JSON = "results.json"

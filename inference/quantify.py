@@ -148,7 +148,7 @@ def quantify(
     core: str = "3d",
 ) -> Quantification:
     """Statistics for every label in ``label_names`` (label -> (muscle code, side)), e.g.
-    ``inference.muscles.load_muscles().combined_labels()``.
+    ``common.muscles.load_muscles().combined_labels()``.
 
     ``labels`` ``[k, j, i]`` non-negative integers, ``ff_pct`` the same shape (NaN =
     masked), ``spacing_mm`` ``(dz, dy, dx)``. Muscles absent from the volume are reported

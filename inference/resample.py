@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from inference.geometry import VolumeGeometry
+from common.geometry import VolumeGeometry
 
 # patient axis (LPS x, y, z) each canonical array axis (k, j, i) runs along
 _CANONICAL_AXES = (2, 1, 0)

@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from common.geometry import VolumeGeometry
+from common.muscles import load_muscles
 from inference.fat_fraction import fat_fraction_map
-from inference.geometry import VolumeGeometry
 from inference.legs import LegSplit, body_mask, find_midline
-from inference.model_package import ModelPackage
-from inference.muscles import load_muscles
+from inference.models.package import ModelPackage
+from inference.models.unet import UNet3D
 from inference.postprocess import postprocess
 from inference.resample import (
     Canonical,
@@ -51,7 +52,6 @@ from inference.sliding_window import (
     sliding_window_inference,
     window_starts,
 )
-from inference.unet import UNet3D
 
 Progress = Callable[[str, float], None]
 ENSEMBLES = ("mean", "vote")

@@ -4,7 +4,7 @@ Why one module: a code in a SEG or SR is a claim about meaning that other system
 each must be traceable to its source, and a private code must exist only where no standard
 one does. Muscle codes, laterality and the segmentation category are NOT repeated here: they
 live in ``config/muscles.yaml`` (with their sources) and are read through
-:func:`inference.muscles.load_muscles`; this module only turns them into highdicom codes.
+:func:`common.muscles.load_muscles`; this module only turns them into highdicom codes.
 
 Sources
   [DCM]  DICOM PS3.16 (Content Mapping Resource), as encoded in pydicom 3.0.2
@@ -41,7 +41,7 @@ from __future__ import annotations
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.coding import Code
 
-from inference.muscles import Muscle, MuscleTable
+from common.muscles import Muscle, MuscleTable
 
 # --- SEG --------------------------------------------------------------------------------
 # [DCM] CID 7162 Surgical/Segmentation Algorithm Family (Algorithm Family Code Sequence).

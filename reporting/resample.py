@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from inference.geometry import VolumeGeometry
+from common.geometry import VolumeGeometry
 
 
 def labels_on_stack(

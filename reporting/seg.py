@@ -33,10 +33,9 @@ from myonode_config import load_yaml
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_node.scan import Frame
-from dicom_node.stacks import Stack, StudyStacks
-from inference.geometry import VolumeGeometry
-from inference.muscles import Muscle, MuscleTable, load_muscles
+from common.geometry import VolumeGeometry
+from common.muscles import Muscle, MuscleTable, load_muscles
+from common.study import Frame, Stack, StudyStacks
 from reporting import codes
 from reporting.resample import labels_on_stack
 
@@ -113,7 +112,7 @@ class ModelInfo:
 
     @classmethod
     def from_package(cls, package: Any) -> ModelInfo:
-        """From an ``inference.model_package.ModelPackage`` (or anything with those fields)."""
+        """From an ``inference.models.package.ModelPackage`` (or anything with those fields)."""
         return cls(str(package.name), str(package.version), str(package.intended_use))
 
 

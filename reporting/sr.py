@@ -48,8 +48,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_node.stacks import StudyStacks
-from inference.muscles import MuscleTable, load_muscles
+from common.muscles import MuscleTable, load_muscles
+from common.study import StudyStacks
 from reporting import codes
 from reporting.seg import (
     PRODUCT,

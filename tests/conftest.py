@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from node_helpers import pipeline_yaml, tiny_model
 
-from dicom_node.phantom_study import PhantomOptions, make_phantom
+from dicom_node.phantom.study import PhantomOptions, make_phantom
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import generate_uid
 
-from dicom_node.phantom_writer import StackImages, StudyInfo, write_study
-from inference.geometry import VolumeGeometry
+from common.geometry import VolumeGeometry
+from dicom_node.phantom.attributes import StudyInfo
+from dicom_node.phantom.writer import StackImages, write_study
 
 
 def smooth_field(points: np.ndarray) -> np.ndarray:

@@ -26,8 +26,8 @@ import torch
 import yaml
 from peers import _find, scu_peer
 
-from inference.model_package import ModelPackage
-from inference.unet import UNet3D, UNetConfig
+from inference.models.package import ModelPackage
+from inference.models.unet import UNet3D, UNetConfig
 
 TINY_CODES = ["RF", "VL", "VM", "VI"]
 TINY_NETWORK = {"in_channels": 2, "num_classes": len(TINY_CODES) + 1, "widths": [4, 8],

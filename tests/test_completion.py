@@ -6,10 +6,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node.completion import CompletionMonitor, judge, read_facts
-from dicom_node.dixon_roles import DixonRules
-from dicom_node.phantom_study import PhantomOptions, make_phantom
-from dicom_node.state import State
+from dicom_node.node.state import State
+from dicom_node.phantom.study import PhantomOptions, make_phantom
+from dicom_node.serve.completion import CompletionMonitor, judge, read_facts
+from dicom_node.study.dixon_roles import DixonRules
 
 RULES = DixonRules.load()
 
@@ -180,7 +180,7 @@ def test_instances_after_queueing_open_a_new_version(node, small_study):
 
 
 def test_headers_are_read_once_per_file(node, small_study, monkeypatch):
-    from dicom_node import completion
+    from dicom_node.serve import completion
 
     state, monitor, clock, spool, _ = node
     reads = []

@@ -11,9 +11,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicom_node.dixon_roles import ROLES, DixonRules, RulesError
-from dicom_node.phantom_writer import VENDORS, StackImages, StudyInfo, write_study
-from inference.geometry import VolumeGeometry
+from common.geometry import VolumeGeometry
+from dicom_node.phantom.attributes import StudyInfo
+from dicom_node.phantom.writer import VENDORS, StackImages, write_study
+from dicom_node.study.dixon_roles import ROLES, DixonRules, RulesError
 
 INFO = StudyInfo(
     patient_name="PHANTOM^ROLES", patient_id="R1", birth_date="19700101", sex="O",

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from dicom_node.phantom_study import PhantomOptions, make_phantom
+from common.geometry import VolumeGeometry
+from common.muscles import load_muscles
+from dicom_node.phantom.study import PhantomOptions, make_phantom
 from inference.evaluate import (
     add_evaluate_arguments,
     bland_altman,
@@ -21,8 +23,6 @@ from inference.evaluate import (
     score_labels,
     score_masks,
 )
-from inference.geometry import VolumeGeometry
-from inference.muscles import load_muscles
 
 SPACING = (2.0, 1.0, 0.8)  # (dz, dy, dx): the column axis has the smallest step
 GRID = VolumeGeometry((12, 16, 20), SPACING, (-8.0, -6.0, 30.0), (1, 0, 0), (0, 1, 0), (0, 0, 1))

@@ -7,10 +7,10 @@ import pytest
 from node_helpers import Receiver, free_port
 from peers import mr_dataset
 
-from dicom_node.jobs import JobWorker
-from dicom_node.outbox import Outbox, RetryPolicy, versioned_description
-from dicom_node.scu import Peer
-from dicom_node.state import State
+from dicom_node.node.state import State
+from dicom_node.send.outbox import Outbox, RetryPolicy, versioned_description
+from dicom_node.send.scu import Peer
+from dicom_node.serve.jobs import JobWorker
 
 
 class Clock:

@@ -12,10 +12,10 @@ from peers import mr_dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
-from dicom_node.metrics import MetricsServer, NodeMetrics, start_http
-from dicom_node.node_config import HttpConfig, NodeConfig, SecurityConfig
-from dicom_node.scp import StorageSCP
-from dicom_node.spool import Spool
+from dicom_node.node.config import HttpConfig, NodeConfig, SecurityConfig
+from dicom_node.node.metrics import MetricsServer, NodeMetrics, start_http
+from dicom_node.receive.scp import StorageSCP
+from dicom_node.receive.spool import Spool
 
 
 class Quiet:

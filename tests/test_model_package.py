@@ -8,8 +8,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from inference.model_package import InputSpec, ModelPackage, ModelPackageError
-from inference.unet import UNet3D, UNetConfig
+from inference.models.package import InputSpec, ModelPackage, ModelPackageError
+from inference.models.unet import UNet3D, UNetConfig
 
 CODES = ["RF", "VL", "VM"]
 ALLOWED = {"RF", "VL", "VM", "VI"}

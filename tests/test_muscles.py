@@ -11,7 +11,7 @@ import yaml
 from myonode_config import config_path
 from pydicom.sr.codedict import codes
 
-from inference.muscles import (
+from common.muscles import (
     MuscleConfigError,
     is_concept_sctid,
     load_muscles,

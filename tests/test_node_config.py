@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from myonode_config import config_path
 
-from dicom_node.node_config import (
+from dicom_node.node.config import (
     ENHANCED_MR_IMAGE_STORAGE,
     MR_IMAGE_STORAGE,
     Destination,

@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 
-from dicom_node import disk
+from dicom_node.node import disk
 
 RESULTS_PER_STUDY = 3  # two SEGs (one per stack) and one SR
 

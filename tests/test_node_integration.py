@@ -21,7 +21,7 @@ from node_helpers import (
 )
 from peers import scu_peer
 
-from dicom_node.phantom_study import PhantomOptions, make_phantom
+from dicom_node.phantom.study import PhantomOptions, make_phantom
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.geometry import VolumeGeometry
+from common.geometry import VolumeGeometry
 from inference.phantom.anatomy import PhantomVolumes, make_subject, render
 from inference.phantom.layout import MUSCLE_CODES
 from inference.phantom.section import SectionRenderer

@@ -11,10 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 
+from common.geometry import LPS_TO_RAS
 from dicom_node.cli import main
-from dicom_node.dixon_roles import DixonRules
-from dicom_node.phantom_study import PhantomOptions, stack_slabs
-from inference.geometry import LPS_TO_RAS
+from dicom_node.phantom.study import PhantomOptions, stack_slabs
+from dicom_node.study.dixon_roles import DixonRules
 
 SMALL = ["--stacks", "3", "--slices", "40", "--matrix", "128", "--seed", "7"]
 

@@ -12,9 +12,10 @@ import pydicom
 import pytest
 from pydicom.uid import EnhancedMRImageStorage, MRImageStorage
 
-from dicom_node.phantom_writer import VENDORS, StackImages, StudyInfo, write_study
-from dicom_node.vendors import FLAVOURS
-from inference.geometry import VolumeGeometry
+from common.geometry import VolumeGeometry
+from dicom_node.phantom.attributes import StudyInfo
+from dicom_node.phantom.flavours import FLAVOURS
+from dicom_node.phantom.writer import VENDORS, StackImages, write_study
 
 MAGNITUDES = ("water", "fat", "in_phase", "out_of_phase")
 INFO = StudyInfo(

@@ -164,7 +164,7 @@ def test_source_preference():
 
 
 def test_works_with_the_muscle_table_labels():
-    from inference.muscles import load_muscles
+    from common.muscles import load_muscles
 
     names = load_muscles().combined_labels()
     labels, ff = volumes()

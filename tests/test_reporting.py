@@ -29,14 +29,15 @@ from validators import (
     start_pixelmed,
 )
 
-from dicom_node.dixon_roles import DixonRules
-from dicom_node.phantom_study import PhantomOptions, make_phantom, stack_slabs
-from dicom_node.scan import scan_folder
-from dicom_node.stacks import StudyStacks, group_studies
-from dicom_node.stitch import plan_stitch, stitch
+from common.geometry import VolumeGeometry
+from common.muscles import load_muscles
+from common.study import StudyStacks
+from dicom_node.phantom.study import PhantomOptions, make_phantom, stack_slabs
+from dicom_node.study.dixon_roles import DixonRules
+from dicom_node.study.scan import scan_folder
+from dicom_node.study.stacks import group_studies
+from dicom_node.study.stitch import plan_stitch, stitch
 from inference.fat_fraction import ff_from_water_fat
-from inference.geometry import VolumeGeometry
-from inference.muscles import load_muscles
 from inference.quantify import quantify
 from reporting import codes
 from reporting.resample import labels_on_stack

@@ -36,9 +36,8 @@ from pydicom.uid import (
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from dicom_node import disk
-from dicom_node.metrics import NodeMetrics
-from dicom_node.node_config import (
+from dicom_node.node import disk
+from dicom_node.node.config import (
     LimitsConfig,
     LogConfig,
     NodeConfig,
@@ -46,10 +45,15 @@ from dicom_node.node_config import (
     StorageConfig,
     TlsConfig,
 )
-from dicom_node.node_log import setup_logging
-from dicom_node.phantom_study import PhantomOptions, make_phantom
-from dicom_node.scp import StorageSCP, encoding_problem, offered_transfer_syntaxes
-from dicom_node.spool import Spool, StoredInstance
+from dicom_node.node.log import setup_logging
+from dicom_node.node.metrics import NodeMetrics
+from dicom_node.phantom.study import PhantomOptions, make_phantom
+from dicom_node.receive.scp import (
+    StorageSCP,
+    encoding_problem,
+    offered_transfer_syntaxes,
+)
+from dicom_node.receive.spool import Spool, StoredInstance
 
 
 class Recorder:

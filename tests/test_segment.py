@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from inference.geometry import VolumeGeometry
+from common.geometry import VolumeGeometry
+from common.muscles import load_muscles
 from inference.legs import LegSplit
-from inference.model_package import InputSpec, ModelPackage
-from inference.muscles import load_muscles
+from inference.models.package import InputSpec, ModelPackage
+from inference.models.unet import UNet3D, UNetConfig
 from inference.phantom.anatomy import make_subject, render
 from inference.phantom.signals import dixon_magnitudes
 from inference.resample import (
@@ -19,7 +20,6 @@ from inference.resample import (
     resample_scores_argmax,
 )
 from inference.segment import LegInputs, labels_on_input, required_images, segment
-from inference.unet import UNet3D, UNetConfig
 
 CODES = tuple(m.code for m in load_muscles().muscles)
 PERCENTILE = {"lower_pct": 0.5, "upper_pct": 99.5, "scale": 1.0, "clip": True}

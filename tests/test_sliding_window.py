@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from inference.models.unet import UNet3D, UNetConfig
 from inference.sliding_window import (
     gaussian_importance,
     sliding_window_inference,
     window_starts,
 )
-from inference.unet import UNet3D, UNetConfig
 
 
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from peers import mr_dataset
 
-from dicom_node import spool as spool_module
-from dicom_node.spool import Spool
+from dicom_node.receive import spool as spool_module
+from dicom_node.receive.spool import Spool
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from dicom_node.state import SCHEMA_VERSION, State, StateError
+from dicom_node.node.state import SCHEMA_VERSION, State, StateError
 
 STUDY = "1.2.3"
 

@@ -17,11 +17,11 @@ from input_side_helpers import (
     write_stacks,
 )
 
-from dicom_node.dixon_roles import DixonRules
-from dicom_node.phantom_writer import StackImages, write_study
-from dicom_node.scan import scan_folder
-from dicom_node.stacks import group_studies
-from dicom_node.stitch import stitch
+from dicom_node.phantom.writer import StackImages, write_study
+from dicom_node.study.dixon_roles import DixonRules
+from dicom_node.study.scan import scan_folder
+from dicom_node.study.stacks import group_studies
+from dicom_node.study.stitch import stitch
 
 RULES = DixonRules.load()
 

@@ -14,24 +14,21 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from inference.geometry import VolumeGeometry
-from inference.model_package import ModelPackage
+from common.geometry import VolumeGeometry
+from inference.models.package import ModelPackage
 from inference.phantom.anatomy import make_subject, render
 from inference.phantom.signals import dixon_magnitudes
-from inference.training import (
-    CHECKPOINT,
-    TrainingConfigError,
-    load_training_config,
-    segmentation_loss,
-    train,
-)
-from inference.training_data import (
+from inference.training.checkpoint import CHECKPOINT
+from inference.training.config import TrainingConfigError, load_training_config
+from inference.training.data import (
     LegCase,
     geometry_from_nifti,
     read_site_case,
     sample_patch,
     site_case_on_grid,
 )
+from inference.training.loop import train
+from inference.training.loss import segmentation_loss
 
 TINY = {
     "package": {

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from inference.unet import UNet3D, UNetConfig, UNetConfigError
+from inference.models.unet import UNet3D, UNetConfig, UNetConfigError
 
 SMALL = {"in_channels": 2, "num_classes": 4, "base_width": 4, "depth": 3}
 

@@ -1,0 +1,1 @@
+"""The synthetic Dixon phantom's anatomy and signals: ground truth on any voxel grid."""

@@ -17,50 +17,20 @@ centred at ``x`` about +-(85..125) mm (patient right is negative ``x``) and ``y`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
 
-from inference.geometry import VolumeGeometry
+from common.geometry import VolumeGeometry
 from inference.phantom.fields import draw_waves
 from inference.phantom.infiltration import Infiltration, draw_fat_parameters
-from inference.phantom.layout import CELLS, H_BOTTOM, H_TOP
+from inference.phantom.layout import CELLS
 from inference.phantom.section import SectionRenderer, muscle_structures
+from inference.phantom.subject import Subject
 
-__all__ = ["Infiltration", "PhantomVolumes", "Subject", "make_subject", "render"]
-
-
-@dataclass(frozen=True)
-class Subject:
-    """Every per-subject random parameter, drawn once from the seed (see make_subject)."""
-
-    seed: int
-    infiltration: Infiltration
-    length_scale: float  # thigh length relative to the nominal anatomy
-    girth_scale: float  # muscle and bone cross-section size relative to nominal
-    leg_scale: tuple[float, float]  # (right, left) extra size factor: left/right asymmetry
-    subcutaneous_mm: float  # subcutaneous fat thickness at mid-thigh
-    subcutaneous_shape: tuple[float, float]  # extra medial and posterior fat (fractions)
-    rotation_deg: tuple[float, float]  # external rotation of each leg about its long axis
-    abduction_deg: tuple[float, float]  # how far each leg is spread from the anatomical axis
-    knee_lift_mm: tuple[float, float]  # knee raised (+) or lowered from the nominal posture
-    offset_mm: tuple[float, float]  # (x, y) position of the body in the field of view
-    septum_mm: float  # typical thickness of the fat septa between muscles
-    bladder_fill: float  # bladder size factor
-    disease: str  # fat replacement pattern ("healthy" or a PATTERNS key)
-    stage: float  # disease stage 0..1
-    # Per-structure and per-wave tables (arrays; equal subjects have equal seeds).
-    cell_jitter: np.ndarray = field(compare=False, repr=False)  # [2, n_cells, 6]
-    fat_params: np.ndarray = field(compare=False, repr=False)  # [2, n_structures, 5]
-    waves: np.ndarray = field(compare=False, repr=False)  # fields.draw_waves
-    bias: np.ndarray = field(compare=False, repr=False)  # signals.bias_field coefficients
-
-    @property
-    def z_range_mm(self) -> tuple[float, float]:
-        """LPS z of the knee end (tibial plateau) and of the top of the anatomy."""
-        return (H_BOTTOM * self.length_scale, H_TOP * self.length_scale)
+__all__ = ["PhantomVolumes", "make_subject", "render"]
 
 
 @dataclass

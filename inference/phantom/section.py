@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from inference.muscles import load_muscles
+from common.muscles import load_muscles
 from inference.phantom import bones as bone_table
 from inference.phantom import fields, layout
 from inference.phantom.infiltration import (
@@ -31,7 +31,7 @@ from inference.phantom.infiltration import (
 )
 
 if TYPE_CHECKING:
-    from inference.phantom.anatomy import Subject
+    from inference.phantom.subject import Subject
 
 # Signal (water, fat) per unit volume of each tissue, relative to pure fat = 1. Lean muscle
 # has less proton density than fat; adipose tissue is ~93 % fat signal; cortex and tendon are

@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from inference.geometry import VolumeGeometry
-from inference.phantom.anatomy import PhantomVolumes, Subject
+from common.geometry import VolumeGeometry
+from inference.phantom.anatomy import PhantomVolumes
+from inference.phantom.subject import Subject
 
 SIGNAL_SCALE = 1000.0  # magnitude of a voxel of proton density 1 at coil sensitivity 1
 BIAS_RANGE = 0.3  # the sensitivity stays within 1 +- BIAS_RANGE

@@ -1,0 +1,94 @@
+"""Write a synthetic Dixon study as DICOM files the way a given scanner vendor exports it.
+
+The phantom must look like real studies from each vendor (how roles are labelled, how series
+are cut, single-frame or Enhanced MR, how pixels are scaled) so the folder scanner, the role
+rules and the stitching are tested on realistic input. Vendor conventions and their sources
+are in ``dicom_node/phantom/flavours.py``; the writers are ``vendor_classic`` and ``vendor_enhanced``.
+
+Reading back: real-world value = stored * RescaleSlope + RescaleIntercept (identity when
+absent; per frame in the Pixel Value Transformation functional group of Enhanced MR). Within
+one stack every magnitude role has the same factor to the input, so F/(F+W) is preserved;
+fat fraction maps come back in percent. Factors differ between stacks, as on scanners.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.geometry import VolumeGeometry
+from dicom_node.phantom.attributes import (
+    StackPlan,
+    StudyInfo,
+    scale_stack,
+    shifted_datetime,
+)
+from dicom_node.phantom.classic import write_classic_stack
+from dicom_node.phantom.enhanced import write_enhanced_stack
+from dicom_node.phantom.flavours import FAT_FRACTION, FLAVOURS, MAGNITUDE_ROLES
+
+VENDORS = ("siemens", "philips", "philips-enhanced", "ge")
+
+# Stacks are separate acquisitions: the first starts 5 min into the study, then one per 7 min.
+FIRST_STACK_S = 300.0
+STACK_INTERVAL_S = 420.0
+
+
+@dataclass
+class StackImages:
+    """One stack (a separate acquisition) of a Dixon study."""
+
+    geometry: VolumeGeometry  # this stack's grid (LPS), arrays are [k, j, i]
+    images: dict[str, np.ndarray]  # role -> float32 [k, j, i]; magnitudes >= 0, FF in percent
+
+
+def write_study(out_dir: Path, vendor: str, info: StudyInfo, stacks: list[StackImages],
+                rng: np.random.Generator) -> list[Path]:
+    """Write every stack under ``out_dir`` in the vendor's flavour; returns the file paths.
+
+    Roles a vendor does not export are not written: fat fraction maps only by the Philips
+    flavours. The same inputs and rng state give byte-identical files (UIDs are derived from
+    the study UID and series/instance indices).
+    """
+    if vendor not in FLAVOURS:
+        raise ValueError(f"unknown vendor {vendor!r}; choose one of {', '.join(VENDORS)}")
+    if not stacks:
+        raise ValueError("a study needs at least one stack")
+    flavour = FLAVOURS[vendor]
+    out_dir = Path(out_dir)
+    paths: list[Path] = []
+    for index, stack in enumerate(stacks):
+        _check_stack(index, stack)
+        scaled = scale_stack(stack.images, flavour, rng)
+        roles = [role for role in flavour.roles if role in scaled.stored]
+        if not roles:
+            raise ValueError(
+                f"stack {index}: none of its roles ({', '.join(sorted(stack.images))}) is "
+                f"exported by {vendor}"
+            )
+        acquired = shifted_datetime(info.study_date, info.study_time,
+                                    FIRST_STACK_S + STACK_INTERVAL_S * index)
+        plan = StackPlan(index, stack.geometry, roles, scaled, acquired)
+        if flavour.layout == "enhanced":
+            paths.extend(write_enhanced_stack(out_dir, flavour, info, plan))
+        else:
+            paths.extend(write_classic_stack(out_dir, flavour, info, plan))
+    return paths
+
+
+def _check_stack(index: int, stack: StackImages) -> None:
+    known = (*MAGNITUDE_ROLES, FAT_FRACTION)
+    if not stack.images:
+        raise ValueError(f"stack {index} has no images")
+    for role, values in stack.images.items():
+        if role not in known:
+            raise ValueError(f"stack {index}: unknown role {role!r}; roles are {known}")
+        if tuple(values.shape) != tuple(stack.geometry.shape):
+            raise ValueError(
+                f"stack {index}: {role} has shape {values.shape}, the geometry "
+                f"{stack.geometry.shape}"
+            )
+        if not np.isfinite(values).all():
+            raise ValueError(f"stack {index}: {role} contains NaN or infinite values")

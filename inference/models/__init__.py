@@ -1,0 +1,1 @@
+"""Network definitions and the model package (model.yaml + safetensors weights)."""
