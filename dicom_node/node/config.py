@@ -173,16 +173,18 @@ class NodeConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-def load_node_config(path: Path | None = None) -> NodeConfig:
-    """The node configuration: the embedded defaults, with the site file (if any) merged over."""
+def load_node_config(*paths: Path) -> NodeConfig:
+    """The node configuration: the embedded defaults, with each file merged over in order.
+
+    Several files layer: the container image passes its own settings (listen on every
+    interface, data on the volume) and then the site's file, which names only what it changes.
+    Relative paths resolve against the folder of the last file (the cwd with none)."""
     data = _read(config_path(DEFAULT_CONFIG))
     base: Path | None = None  # embedded defaults: relative paths stay relative to the cwd
-    if path is not None:
-        path = Path(path)
+    for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"node config not found: {path}")
-        site = _read(path)
-        data = _merge(data, site, "")
+        data = _merge(data, _read(path), "")
         base = path.resolve().parent
     return _parse(data, base)
 

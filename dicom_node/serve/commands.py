@@ -21,11 +21,13 @@ EXIT_BAD_INPUT = 2
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="node YAML (default: embedded config/node.yaml)")
+    parser.add_argument("--config", action="append", type=Path, default=[], metavar="FILE",
+                        help="node YAML merged over the embedded config/node.yaml; repeat to "
+                             "layer files (later ones win)")
 
 
 def _config(args: argparse.Namespace) -> NodeConfig:
-    return load_node_config(Path(args.config) if args.config else None)
+    return load_node_config(*args.config)
 
 
 def _existing_state(config: NodeConfig) -> State:
@@ -52,7 +54,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
     from dicom_node.serve.service import run_serve
 
     try:
-        return run_serve(Path(args.config) if args.config else None)
+        return run_serve(args.config)
     except OSError as exc:  # typically the DICOM or HTTP port is taken
         return _fail("serve", f"cannot start: {exc}")
     except StateError as exc:

@@ -193,9 +193,9 @@ def build_node(config: NodeConfig) -> Node:
     return Node(config, state, spool, metrics, monitor, worker, outbox, scp)
 
 
-def run_serve(config_path: Path | None) -> int:
+def run_serve(config_paths: list[Path]) -> int:
     """Run the node until SIGTERM or SIGINT; the exit code of ``myonode serve``."""
-    config = load_node_config(config_path)
+    config = load_node_config(*config_paths)
     setup_logging(config.log)
     node = build_node(config)
     stop = threading.Event()
