@@ -1,7 +1,10 @@
 """``myonode process``: one Dixon study from DICOM files to labels, FF% per muscle, SEG and SR.
 
 The same function runs a job of the node, so what a user tries on the command line is what
-the node does with a received study.
+the node does with a received study. Its settings (``config/pipeline.yaml`` or a site file,
+``config/reporting.yaml`` and the model package they name) are loaded and checked before the
+study is read (:func:`load_settings`), and what would make the SEG impossible before it is
+segmented (:func:`reporting.seg.check_reportable`), so a mistake costs seconds, not a run.
 """
 
 from __future__ import annotations
@@ -16,20 +19,30 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from myonode_config import load_yaml
 
 from common.geometry import VolumeGeometry
 from common.muscles import load_muscles
 from common.study import StudyStacks
 from dicom_node.study.dixon_roles import DixonRules
+from dicom_node.study.patients import patient_mismatch
 from dicom_node.study.scan import scan_folder
 from dicom_node.study.stacks import group_studies
 from dicom_node.study.stitch import stitch
 from inference.fat_fraction import fat_fraction_map
 from inference.models.package import ModelPackage
+from inference.pipeline_config import (
+    PipelineConfig,
+    load_pipeline_config,
+)
 from inference.quantify import quantify
 from inference.segment import segment
-from reporting.seg import ModelInfo, build_segmentations
+from reporting.seg import (
+    ModelInfo,
+    ReportingConfig,
+    build_segmentations,
+    check_reportable,
+    load_reporting_config,
+)
 from reporting.sr import build_report
 
 Progress = Callable[[str], None]
@@ -43,6 +56,29 @@ def shipped_model_path() -> Path:
     from importlib import resources
 
     return Path(str(resources.files("myonode_models").joinpath("thigh-phantom")))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run is configured with, checked: pipeline, reporting, model package."""
+
+    pipeline: PipelineConfig
+    reporting: ReportingConfig
+    package: ModelPackage
+
+
+def settings_for(pipeline: PipelineConfig) -> Settings:
+    """The run's settings for ``pipeline``: the embedded reporting configuration and the model
+    package it names (read and validated; its weights load when segmenting)."""
+    return Settings(
+        pipeline, load_reporting_config(), ModelPackage.load(pipeline.model or shipped_model_path())
+    )
+
+
+def load_settings(config_path: Path | None) -> Settings:
+    """The settings of ``myonode process --config`` (None: the embedded defaults); ValueError
+    naming the file and key for any mistake."""
+    return settings_for(load_pipeline_config(config_path))
 
 
 @dataclass
@@ -67,7 +103,16 @@ def select_study(folder: Path, rules: DixonRules, study_uid: str | None) -> Stud
     if len(studies) > 1:
         uids = ", ".join(s.study_instance_uid for s in studies)
         raise ValueError(f"{len(studies)} studies in {folder} ({uids}); choose one with --study")
-    return studies[0]
+    study = studies[0]
+    # The node holds such a study before it is queued; this also covers a folder given to
+    # `myonode process` and an instance that joined a job as its inputs were fixed.
+    frames = {f.sop_instance_uid: f.series_instance_uid for f in scan.frames
+              if f.study_instance_uid == study.study_instance_uid}
+    mixed = patient_mismatch((series, scan.patients[uid]) for uid, series in frames.items())
+    if mixed:
+        raise ValueError(f"study {study.study_instance_uid} is not one patient's: {mixed}; "
+                         "results would mix patients, so it is not processed")
+    return study
 
 
 def _write_labels(path: Path, labels: np.ndarray, grid: VolumeGeometry) -> None:
@@ -121,11 +166,16 @@ def _stderr_progress(message: str) -> None:
 def process_study(
     study: StudyStacks,
     out_dir: Path,
-    config: dict,
+    settings: Settings,
     device: str | None = None,
     progress: Progress = _stderr_progress,
 ) -> ProcessResult:
-    """Stitch, segment, quantify and report one study; writes every output under ``out_dir``."""
+    """Stitch, segment, quantify and report one study; writes every output under ``out_dir``.
+
+    ``settings`` come checked from :func:`load_settings`, before the study was read.
+    """
+    pipeline, package = settings.pipeline, settings.package
+    check_reportable(study, settings.reporting)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -136,22 +186,12 @@ def process_study(
         return now
 
     t = started
-    package = ModelPackage.load(config.get("model") or shipped_model_path())
-    t = step("load_model", t)
     roles = sorted(set(package.roles) | set(FF_ROLES))
-    stitched = stitch(
-        study, roles=roles, match_intensity=config.get("stitching", {}).get("match_intensity", True)
-    )
+    stitched = stitch(study, roles=roles, match_intensity=pipeline.match_intensity)
     grid = stitched.plan.geometry
     t = step("stitch", t)
-    ff_config = config.get("fat_fraction", {})
-    ff = fat_fraction_map(
-        stitched.images,
-        prefer=ff_config.get("prefer", ("water_fat", "fat_fraction", "ip_op")),
-        ff_units=ff_config.get("scanner_map_units", "percent"),
-    )
+    ff = fat_fraction_map(stitched.images, prefer=pipeline.ff_prefer, ff_units=pipeline.ff_units)
     t = step("fat_fraction", t)
-    inference = config.get("inference", {})
     last_reported = [-1]
 
     def window_progress(label: str, fraction: float) -> None:
@@ -164,10 +204,10 @@ def process_study(
         {r: stitched.images[r] for r in stitched.images if r != "fat_fraction"},
         grid,
         package,
-        device=device or config.get("device", "auto"),
+        device=device or pipeline.device,
         ff_pct=ff.ff_pct,
-        overlap=inference.get("overlap", 0.5),
-        batch_size=inference.get("batch_size"),
+        overlap=pipeline.overlap,
+        batch_size=pipeline.batch_size,
         progress=window_progress,
     )
     t = step("segment", t)
@@ -177,7 +217,7 @@ def process_study(
         ff.ff_pct,
         grid.spacing,
         table.combined_labels(),
-        core=config.get("quantification", {}).get("core", "3d"),
+        core=pipeline.core,
     )
     muscles = []
     for stats in quant.muscles:
@@ -209,7 +249,7 @@ def process_study(
     model_info = ModelInfo(
         name=package.name, version=package.version, intended_use=package.intended_use
     )
-    segs = build_segmentations(study, segmentation.labels, grid, model_info)
+    segs = build_segmentations(study, segmentation.labels, grid, model_info, settings.reporting)
     seg_dir = out_dir / "seg"
     seg_dir.mkdir(exist_ok=True)
     seg_paths = []
@@ -217,7 +257,7 @@ def process_study(
         path = seg_dir / f"stack{stack.index}.dcm"
         seg.save_as(path, enforce_file_format=True)
         seg_paths.append(path)
-    report = build_report(study, segs, results, model_info)
+    report = build_report(study, segs, results, model_info, settings.reporting)
     sr_path = out_dir / "sr.dcm"
     report.save_as(sr_path, enforce_file_format=True)
     t = step("report", t)
@@ -236,11 +276,11 @@ def run_process(
     folder: Path, out_dir: Path, config_path: Path | None, device: str | None,
     study_uid: str | None = None, rules_path: Path | None = None,
 ) -> ProcessResult:
-    """Entry point of ``myonode process``."""
+    """Entry point of ``myonode process``: settings first, then the study."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
-    config = load_yaml(config_path, "pipeline.yaml")
+    settings = load_settings(config_path)
     study = select_study(folder, DixonRules.load(rules_path), study_uid)
     for warning in study.warnings:
         _stderr_progress(f"warning: {warning}")
-    return process_study(study, out_dir, config, device=device)
+    return process_study(study, out_dir, settings, device=device)

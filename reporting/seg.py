@@ -17,6 +17,13 @@ highdicom needs the source images' headers, not their pixels: it copies patient,
 frame-of-reference attributes from the first (read with ``stop_before_pixels=True``) and
 reads only identity and plane geometry from the others, which the scan's :class:`Frame`
 records already hold (see :func:`_source_images`). Empty frames are left out.
+
+Sparse sources: an anonymised study often lacks Type 2 attributes (PatientBirthDate,
+AccessionNumber, ...), which highdicom reads without a default. Absent means unknown, which
+DICOM writes as an empty value, so they are added empty to the header highdicom is given
+(:func:`source_header`); no value is ever made up. What would still make a SEG impossible
+(no image of the reference role, no Frame of Reference UID, a value highdicom refuses) is
+found by :func:`check_reportable` before the study is segmented.
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pydicom
-from myonode_config import load_yaml
+from myonode_config import config_path, read_mapping
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, format_number_as_ds
 
 from common.geometry import VolumeGeometry
 from common.muscles import Muscle, MuscleTable, load_muscles
@@ -43,9 +51,18 @@ DEFAULT_CONFIG = "reporting.yaml"
 ROLES = ("water", "fat", "in_phase", "out_of_phase", "fat_fraction")
 SEGMENTATION_TYPES = ("BINARY", "LABELMAP")
 MAX_SERIES = 2**31 - 1  # IS value range
+MAX_LO = 64  # Long String
 CONTENT_LABEL = "MUSCLES"
 PRODUCT = "myonode"
 COUNT_CHUNK_SLICES = 16
+# Type 2 attributes highdicom reads from the first source without a default (Patient, General
+# Study and Image Plane modules): added empty when the source lacks them.
+SOURCE_TYPE2 = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+    "StudyDate", "StudyTime", "SliceThickness",
+)
+SOURCE_DATES = ("PatientBirthDate", "StudyDate")
+PATIENT_SEX = ("M", "F", "O", "", None)
 
 
 class ReportingConfigError(ValueError):
@@ -67,13 +84,19 @@ class ReportingConfig:
 
 
 def load_reporting_config(path: str | Path | None = None) -> ReportingConfig:
-    """Read and check a reporting configuration; ``None`` reads the embedded default."""
-    data = load_yaml(path, DEFAULT_CONFIG)
-    where = str(path) if path else DEFAULT_CONFIG
+    """Read and check a reporting configuration; ``None`` reads the embedded default.
+
+    Every error is a :class:`ReportingConfigError` naming the file (and the field)."""
+    source = Path(path) if path else config_path(DEFAULT_CONFIG)
+    where = str(source)
+    try:
+        data = read_mapping(source)
+    except ValueError as exc:
+        raise ReportingConfigError(str(exc)) from exc
     missing = [f for f in ReportingConfig.__dataclass_fields__ if f not in data]
     if missing:
         raise ReportingConfigError(f"{where}: missing field(s) {', '.join(missing)}")
-    unknown = sorted(set(data) - set(ReportingConfig.__dataclass_fields__))
+    unknown = sorted(map(str, set(data) - set(ReportingConfig.__dataclass_fields__)))
     if unknown:
         raise ReportingConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
     if data["reference_role"] not in ROLES:
@@ -99,6 +122,12 @@ def load_reporting_config(path: str | Path | None = None) -> ReportingConfig:
     institution = data["institution_name"]
     if institution is not None and not isinstance(institution, str):
         raise ReportingConfigError(f"{where}: institution_name must be a string or null")
+    for field in ("manufacturer", "institution_name"):  # written as is: a DICOM LO value
+        value = data[field]
+        if value is not None and (len(value) > MAX_LO or "\\" in value):
+            raise ReportingConfigError(
+                f"{where}: {field} must be at most {MAX_LO} characters without a backslash"
+            )
     return ReportingConfig(**{**data, "segmentation_type": kind})
 
 
@@ -201,15 +230,39 @@ def segment_description(
     return description
 
 
+def source_header(frame: Frame) -> Dataset:
+    """The header of ``frame``'s instance as highdicom gets it: missing Type 2 attributes
+    added empty; ValueError naming the file and attribute for a value highdicom refuses."""
+    ds = pydicom.dcmread(frame.path, stop_before_pixels=True)
+    for keyword in SOURCE_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    for keyword in SOURCE_DATES:
+        try:
+            DA(ds[keyword].value)
+        except ValueError as exc:
+            raise ValueError(
+                f"{frame.path}: {keyword} {ds[keyword].value!r} is not a DICOM date (DA) "
+                f"({exc}); the SEG and SR would copy it"
+            ) from exc
+    if ds.PatientSex not in PATIENT_SEX:
+        raise ValueError(
+            f"{frame.path}: PatientSex {ds.PatientSex!r} is not one of M, F, O or empty; "
+            "the SEG and SR would copy it"
+        )
+    return ds
+
+
 def _source_images(frames: list[Frame]) -> list[Dataset]:
     """The source images highdicom needs, in frame order: one per instance.
 
-    The first instance is read from disk (headers only): highdicom copies its patient, study
-    and frame-of-reference attributes. For the others highdicom reads only identity and plane
-    geometry, which the scan already holds in each :class:`Frame` (read from the same files),
-    so they are built from it; re-reading 140 headers per stack cost about 1 s.
+    The first instance is read from disk (headers only, see :func:`source_header`): highdicom
+    copies its patient, study and frame-of-reference attributes. For the others highdicom
+    reads only identity and plane geometry, which the scan already holds in each
+    :class:`Frame` (read from the same files), so they are built from it; re-reading 140
+    headers per stack cost about 1 s.
     """
-    first = pydicom.dcmread(frames[0].path, stop_before_pixels=True)
+    first = source_header(frames[0])
     sources = [first]
     seen = {frames[0].sop_instance_uid}
     for frame in frames[1:]:
@@ -232,20 +285,46 @@ def _frame_header(frame: Frame) -> Dataset:
     ds.ImagePositionPatient = list(frame.position)
     ds.ImageOrientationPatient = list(frame.orientation)
     ds.PixelSpacing = list(frame.pixel_spacing)
-    if frame.slice_thickness is not None:
-        ds.SliceThickness = frame.slice_thickness
+    ds.SliceThickness = frame.slice_thickness  # Type 2: empty when the source has none
     return ds
 
 
-def _reference_frames(stack: Stack, role: str) -> list[tuple[int, Frame]]:
-    """(slice index, frame) of the reference role, slices without such a frame left out."""
+def reference_frames(stack: Stack, role: str) -> list[tuple[int, Frame]]:
+    """(slice index, frame) of the reference role, slices without such a frame left out;
+    ValueError when no SEG can reference them."""
     if role not in stack.roles:
         available = ", ".join(sorted(stack.roles))
         raise ValueError(
             f"stack {stack.index} has no {role} images to reference (it has {available}); "
             "set reference_role in the reporting configuration"
         )
-    return [(k, frame) for k, frame in enumerate(stack.roles[role]) if frame is not None]
+    references = [(k, frame) for k, frame in enumerate(stack.roles[role]) if frame is not None]
+    if not references:
+        raise ValueError(f"stack {stack.index} has no {role} frame at all")
+    multi_frame = {frame.frame_number is not None for _, frame in references}
+    if len(multi_frame) > 1:
+        raise ValueError(f"stack {stack.index}: mixes single-frame and multi-frame sources")
+    instances = {frame.sop_instance_uid for _, frame in references}
+    if True in multi_frame and len(instances) > 1:
+        raise ValueError(
+            f"stack {stack.index}: its {role} frames lie in {len(instances)} multi-frame "
+            "instances; a SEG can reference only one"
+        )
+    return references
+
+
+def check_reportable(study: StudyStacks, config: ReportingConfig) -> None:
+    """Raise ValueError, with the reason, when a SEG of some stack of ``study`` could not be
+    written; run before segmenting, so a study that cannot be reported fails in seconds."""
+    for stack in study.stacks:
+        references = reference_frames(stack, config.reference_role)
+        source_header(references[0][1])
+        for _, frame in references:
+            if not frame.frame_of_reference_uid or not frame.sop_class_uid:
+                raise ValueError(
+                    f"{frame.path}: FrameOfReferenceUID or SOPClassUID missing (Type 1); "
+                    "a SEG cannot reference this image"
+                )
 
 
 def _keep_reference_frames(seg: Dataset, frame_numbers: set[int]) -> None:
@@ -263,6 +342,15 @@ def _keep_reference_frames(seg: Dataset, frame_numbers: set[int]) -> None:
             ]
 
 
+def _fill_slice_thickness(seg: Dataset, stack: Stack) -> None:
+    """Slice Thickness of the SEG's Pixel Measures (Type 1C) when the source has none (Type
+    2, copied empty): the SEG's planes sample the labels every slice step of the stack, so
+    that step is the thickness of a SEG voxel; no thickness is claimed for the source."""
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    if measures.get("SliceThickness") in (None, ""):
+        measures.SliceThickness = format_number_as_ds(float(stack.geometry.spacing[0]))
+
+
 def build_segmentation(
     stack: Stack,
     stack_labels: np.ndarray,
@@ -272,18 +360,8 @@ def build_segmentation(
     table: MuscleTable,
 ) -> Dataset:
     """The DICOM-SEG of one stack; ``stack_labels`` are the combined labels on its grid."""
-    references = _reference_frames(stack, config.reference_role)
-    if not references:
-        raise ValueError(f"stack {stack.index} has no {config.reference_role} frame at all")
-    multi_frame = {frame.frame_number is not None for _, frame in references}
-    if len(multi_frame) > 1:
-        raise ValueError(f"stack {stack.index}: mixes single-frame and multi-frame sources")
-    instances = {frame.sop_instance_uid for _, frame in references}
-    if True in multi_frame and len(instances) > 1:
-        raise ValueError(
-            f"stack {stack.index}: its {config.reference_role} frames lie in "
-            f"{len(instances)} multi-frame instances; a SEG can reference only one"
-        )
+    references = reference_frames(stack, config.reference_role)
+    multi_frame = references[0][1].frame_number is not None
     sources = _source_images([frame for _, frame in references])
 
     small = len(segments) <= np.iinfo(np.uint8).max  # uint8 masks are cheaper to compare
@@ -319,7 +397,8 @@ def build_segmentation(
         content_description=f"Thigh muscles, model {model.name} {model.version}"[:64],
         series_description=f"{config.seg_series_description} stack {stack.index}"[:64],
     )
-    if True in multi_frame:
+    _fill_slice_thickness(seg, stack)
+    if multi_frame:
         _keep_reference_frames(seg, {frame.frame_number for _, frame in references})
     # Both legs: General Image "Image Laterality" B. Without it General Series Laterality
     # (type 2C, R or L only) would be required for a paired body part such as the thigh.

@@ -258,13 +258,15 @@ class NodeProcess:
         self.port: int | None = None
         self.starts = 0
 
-    def start(self) -> NodeProcess:
+    def start(self, umask: int = -1) -> NodeProcess:
+        """Start the node (``umask``: the one it is started with; -1 this process's)."""
         self.starts += 1
         self.log_path = self.folder / f"node-{self.starts}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while it runs
         command = [sys.executable, "-m", "dicom_node.cli", "serve", "--config",
                    str(self.config)]
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                        umask=umask)
         runtime = self.data_dir / "node.json"
 
         def ready() -> dict | None:

@@ -1,10 +1,12 @@
 """When a study counts as arrived: complete stacks, the quiet period, the maximum wait."""
 
-import shutil
 from pathlib import Path
 
 import pydicom
 import pytest
+from hostile_headers import set_raw, write
+from pydicom.uid import generate_uid
+from state_helpers import Clock, receive
 
 from dicom_node.node.state import State
 from dicom_node.phantom.study import PhantomOptions, make_phantom
@@ -97,26 +99,6 @@ def test_no_dixon_images_is_not_complete(tmp_path, small_study):
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"not dicom at all")
     assert read_facts(garbage, RULES) is None
-
-
-class Clock:
-    def __init__(self, now=1000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
-def receive(state, clock, paths, spool):
-    """Record files as the SCP would (copies in a spool folder)."""
-    for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        target = spool / f"{ds.SOPInstanceUID}.dcm"
-        shutil.copy(path, target)
-        state.record_instance(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
-                              str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(target),
-                              now=clock())
-    return str(ds.StudyInstanceUID)
 
 
 @pytest.fixture()
@@ -212,3 +194,112 @@ def test_the_monitor_thread_queues_without_ticks_from_outside(node, small_study)
         monitor.stop()
     assert queued and not monitor.alive()
     assert Path(state.path).exists()
+
+
+# -- hostile headers, restarts ------------------------------------------------------------------
+
+
+def other_study(paths, folder, edit=None):
+    """Copies of ``paths`` as a study of their own (new UIDs), each changed by ``edit``."""
+    study, series = generate_uid(), {}
+    copies = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series.setdefault(ds.SeriesInstanceUID, generate_uid())
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if edit is not None:
+            edit(ds)
+        copies.append(write(ds, folder / f"{ds.SOPInstanceUID}.dcm"))
+    return copies
+
+
+def test_a_hostile_instance_does_not_hold_up_another_study(node, small_study, tmp_path):
+    state, monitor, clock, spool, queued = node
+    hostile = other_study(small_study[:1], tmp_path,
+                          lambda ds: set_raw(ds, "AcquisitionNumber", "IS", b"inf"))
+    bad = receive(state, clock, hostile, spool)
+    good = receive(state, clock, small_study, spool)
+    monitor.released([bad, good])
+    clock.now += 1
+    assert [state.job(job).study_uid for job, trigger in monitor.tick()] == [good]
+    problem = monitor.check(bad).reasons
+    assert any("AcquisitionNumber cannot be read" in r for r in problem), problem
+
+
+def test_number_of_frames_must_be_backed_by_what_is_there(tmp_path, small_study,
+                                                          philips_enhanced):
+    ds = pydicom.dcmread(small_study[0])  # a 6 KB single-frame image
+    ds.NumberOfFrames = 60000
+    facts = read_facts(write(ds, tmp_path / "many.dcm"), RULES)
+    assert not facts.frames and "NumberOfFrames 60000" in facts.problem
+    enhanced = pydicom.dcmread(philips_enhanced[0])
+    frames = int(enhanced.NumberOfFrames)
+    enhanced.PixelData = enhanced.PixelData[: len(enhanced.PixelData) // 2]
+    facts = read_facts(write(enhanced, tmp_path / "half.dcm"), RULES)
+    assert not facts.frames
+    assert facts.problem == (f"NumberOfFrames {frames} but the pixel data holds "
+                             f"{frames // 2} frame(s) at most")
+
+
+def test_an_unreadable_stored_file_is_a_problem_and_the_others_are_judged(node, small_study,
+                                                                         tmp_path):
+    state, monitor, clock, spool, queued = node
+    good = receive(state, clock, small_study, spool)
+    ghost = receive(state, clock, other_study(small_study[:1], tmp_path), spool)
+    for _, path in state.study_paths(ghost):
+        Path(path).unlink()  # the spooled file went away
+        Path(path).mkdir()
+    monitor.released([ghost, good])
+    clock.now += 1
+    assert [state.job(job).study_uid for job, _ in monitor.tick()] == [good]
+    assert "no longer readable" in monitor.check(ghost).reasons[-1]
+
+
+def test_after_a_restart_the_quiet_period_starts_again(tmp_path, small_study):
+    state = State.in_data_dir(tmp_path)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    clock = Clock(1000.0)
+    receive(state, clock, small_study[:-5], spool)  # the node died here, mid-study
+    clock.now = 1000.0 + 3600  # and came back an hour later: past quiet period and max wait
+    monitor = CompletionMonitor(state, RULES, quiet_period_s=10, max_wait_s=60, clock=clock)
+    assert monitor.tick() == []
+    clock.now += 9.5
+    assert monitor.tick() == []
+    clock.now += 1
+    [(job, trigger)] = monitor.tick()
+    assert trigger == "quiet_period" and state.job(job).state == "queued"
+    state.close()
+
+
+def test_after_a_restart_the_maximum_wait_starts_again(tmp_path, small_study):
+    state = State.in_data_dir(tmp_path)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    clock = Clock(1000.0)
+    receive(state, clock, small_study[:1], spool)
+    clock.now += 3600
+    monitor = CompletionMonitor(state, RULES, quiet_period_s=10, max_wait_s=60, clock=clock)
+    for path in small_study[1:12]:  # the sender trickles again after the restart
+        clock.now += 5
+        receive(state, clock, [path], spool)
+        assert monitor.tick() == []
+    clock.now += 5
+    [(_, trigger)] = monitor.tick()
+    assert trigger == "max_wait" and clock.now - monitor.started_at >= 60
+    state.close()
+
+
+def test_a_slice_placed_far_away_makes_no_huge_grid(small_study):
+    from dataclasses import replace
+
+    from dicom_node.study.scan import scan_folder
+    from dicom_node.study.stacks import MAX_SLICES, find_stacks
+
+    frames = scan_folder(small_study[0].parent.parent, RULES).frames
+    far = next(f for f in frames if f.role == "water")
+    moved = replace(far, position=(far.position[0], far.position[1], 900_000.0))
+    study = find_stacks(far.study_instance_uid, [moved if f is far else f for f in frames])
+    assert all(len(slots) <= MAX_SLICES for s in study.stacks for slots in s.roles.values())
+    assert any("not used as a stack" in w for w in study.warnings), study.warnings

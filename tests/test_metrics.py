@@ -13,7 +13,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
 from dicom_node.node.config import HttpConfig, NodeConfig, SecurityConfig
-from dicom_node.node.metrics import MetricsServer, NodeMetrics, start_http
+from dicom_node.node.metrics import MetricsServer, NodeMetrics, bind_http
 from dicom_node.receive.scp import StorageSCP
 from dicom_node.receive.spool import Spool
 
@@ -110,4 +110,4 @@ def test_healthz_reports_the_scp_and_registered_checks(node):
 
 
 def test_http_port_zero_switches_the_endpoint_off():
-    assert start_http(NodeMetrics(), HttpConfig(port=0)) is None
+    assert bind_http(NodeMetrics(), HttpConfig(port=0)) is None

@@ -48,11 +48,8 @@ from dicom_node.node.config import (
 from dicom_node.node.log import setup_logging
 from dicom_node.node.metrics import NodeMetrics
 from dicom_node.phantom.study import PhantomOptions, make_phantom
-from dicom_node.receive.scp import (
-    StorageSCP,
-    encoding_problem,
-    offered_transfer_syntaxes,
-)
+from dicom_node.receive.instance import encoding_problem
+from dicom_node.receive.scp import StorageSCP, offered_transfer_syntaxes
 from dicom_node.receive.spool import Spool, StoredInstance
 
 
@@ -413,10 +410,12 @@ def test_an_instance_the_node_cannot_record_fails_and_its_resend_succeeds(start_
     ds = mr_dataset()
     assoc = associate(node.port)
     first, comment = store_status(assoc, ds)
+    unrecorded = node.spooled()
     second, _ = store_status(assoc, ds)
     assoc.release()
     assert (first, second) == (0x0110, 0x0000) and "send it again" in comment
-    assert calls == [True, False]  # the spooled file is kept; the resend is recorded
+    assert unrecorded == []  # what the node could not record it does not keep
+    assert calls == [True, True]  # so the resend is stored and recorded as new
     assert len(node.spooled()) == 1
 
 

@@ -95,6 +95,9 @@ class LimitsConfig:
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 120.0
+    max_pending_connections: int = 32  # accepted, not yet established; more close the oldest
+    max_message_mb: int = 1024  # largest DIMSE command or dataset held in memory
+    max_decoded_mb: int = 256  # most an instance may inflate / decompress to (checked first)
 
 
 @dataclass(frozen=True)
@@ -373,7 +376,9 @@ def _parse(data: dict, base: Path | None) -> NodeConfig:
     _check_tls(tls)
 
     limits = top.section("limits", {"max_associations", "min_free_disk_mb", "max_pdu",
-                                    "acse_timeout_s", "dimse_timeout_s", "network_timeout_s"})
+                                    "acse_timeout_s", "dimse_timeout_s", "network_timeout_s",
+                                    "max_pending_connections", "max_message_mb",
+                                    "max_decoded_mb"})
     storage = top.section("storage", {"sop_classes", "other_sop_classes", "transfer_syntaxes"})
     sop_classes = tuple(
         _uid_or_keyword(v, storage.key("sop_classes"), "SOP Class")
@@ -415,6 +420,10 @@ def _parse(data: dict, base: Path | None) -> NodeConfig:
             acse_timeout_s=limits.number("acse_timeout_s", LimitsConfig.acse_timeout_s),
             dimse_timeout_s=limits.number("dimse_timeout_s", LimitsConfig.dimse_timeout_s),
             network_timeout_s=limits.number("network_timeout_s", LimitsConfig.network_timeout_s),
+            max_pending_connections=limits.integer(
+                "max_pending_connections", LimitsConfig.max_pending_connections, 1),
+            max_message_mb=limits.integer("max_message_mb", LimitsConfig.max_message_mb, 1),
+            max_decoded_mb=limits.integer("max_decoded_mb", LimitsConfig.max_decoded_mb, 1),
         ),
         storage=StorageConfig(
             sop_classes=sop_classes,

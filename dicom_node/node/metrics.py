@@ -119,20 +119,21 @@ class MetricsServer:
         log_event(LOG, "http.started", host=self._server.server_address[0], port=self.port)
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop serving (if it was started) and close the socket."""
+        if self._thread is not None:
+            self._server.shutdown()  # waits for serve_forever, which must have been started
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
         log_event(LOG, "http.stopped", port=self.port)
 
 
-def start_http(metrics: NodeMetrics, config: HttpConfig) -> MetricsServer | None:
-    """Start the endpoint as configured; None when ``http.port`` is 0 (switched off)."""
+def bind_http(metrics: NodeMetrics, config: HttpConfig) -> MetricsServer | None:
+    """The endpoint as configured, bound but not serving yet (``start`` it); None when
+    ``http.port`` is 0 (switched off). A port in use raises ``OSError`` here."""
     if config.port == 0:
         return None
-    server = MetricsServer(metrics, config.host, config.port)
-    server.start()
-    return server
+    return MetricsServer(metrics, config.host, config.port)
 
 
 def _handler_for(metrics: NodeMetrics) -> type[BaseHTTPRequestHandler]:

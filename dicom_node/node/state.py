@@ -6,13 +6,14 @@ so that what was committed before a C-STORE success status or a delivery record 
 crash or a power cut. Every write is one short ``BEGIN IMMEDIATE`` transaction; the node's
 threads share one connection behind a lock, other processes (the CLI) open their own.
 
-A study's life: each new instance either joins the study's open job (state ``received`` or
-``queued``: its inputs are not fixed yet) or, when the study has none, opens a new job with
+A study's life: each new instance either joins the study's open job (state ``received``,
+``queued`` or ``held``: its inputs are not fixed yet) or, when the study has none, opens a new job with
 the next *version* number. A job fixes its inputs when it starts processing (every instance
 of the study received so far, by sequence number), so instances arriving during or after
 processing open the next version. Job states: received -> queued -> processing -> sending ->
-done | failed. Each output instance is recorded in the outbox once, with one delivery row per
-destination (pending -> sent | dead).
+done | failed; a study whose instances name more than one patient goes to ``held`` instead
+and stays there until a person releases it (held -> queued). Each output instance is
+recorded in the outbox once, with one delivery row per destination (pending -> sent | dead).
 
 Schema changes bump ``SCHEMA_VERSION`` (kept in ``PRAGMA user_version``) and add a step to
 ``_MIGRATIONS``; a database newer than this code is refused rather than misread.
@@ -20,6 +21,7 @@ Schema changes bump ``SCHEMA_VERSION`` (kept in ``PRAGMA user_version``) and add
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -28,11 +30,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_node.node.permissions import make_dir, open_private
+
 SCHEMA_VERSION = 1
 DB_NAME = "state.sqlite3"
 
-JOB_STATES = ("received", "queued", "processing", "sending", "done", "failed")
-OPEN_STATES = ("received", "queued")  # inputs not fixed yet: new instances join the job
+JOB_STATES = ("received", "queued", "held", "processing", "sending", "done", "failed")
+# inputs not fixed yet: new instances join the job (a held one stays held with them)
+OPEN_STATES = ("received", "queued", "held")
 UNFINISHED_STATES = ("received", "queued", "processing", "sending")
 DELIVERY_STATES = ("pending", "sent", "dead")
 
@@ -107,6 +112,18 @@ _MIGRATIONS = {1: _SCHEMA_V1}
 
 class StateError(RuntimeError):
     """The state database cannot be used (newer schema, or a request that makes no sense)."""
+
+
+class InstanceConflict(StateError):
+    """A SOP Instance UID already recorded under another study or series: one UID names one
+    instance, so the second one is refused (recording it would leave a spool file that the
+    state does not know, or mix two studies)."""
+
+    def __init__(self, where: str, study_uid: str, series_uid: str) -> None:
+        super().__init__(f"SOP Instance UID already stored in {where}")
+        self.where = where
+        self.study_uid = study_uid
+        self.series_uid = series_uid
 
 
 @dataclass(frozen=True)
@@ -185,7 +202,11 @@ class State:
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None,
                                        check_same_thread=False, timeout=30)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dir(self.path.parent)
+            # Created here with the node's file mode: SQLite gives its -wal and -shm files
+            # the mode of the database file.
+            if not self.path.exists():
+                os.close(open_private(self.path, os.O_RDWR))
             self._db = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
@@ -264,12 +285,18 @@ class State:
         """Record a stored instance; open the study's next version when it has no open job.
 
         A SOP Instance UID seen before changes nothing but the open job's quiet-period clock
-        (a sender repeating a transfer is still busy with the study)."""
+        (a sender repeating a transfer is still busy with the study); seen before under
+        another study or series, it raises ``InstanceConflict`` and records nothing."""
         now = time.time() if now is None else now
         with self._write() as db:
             seen = db.execute(
-                "SELECT study_uid FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+                "SELECT study_uid, series_uid FROM instances WHERE sop_instance_uid = ?",
+                (sop_instance_uid,),
             ).fetchone()
+            if seen is not None and (seen["study_uid"], seen["series_uid"]) != (study_uid,
+                                                                              series_uid):
+                where = "another study" if seen["study_uid"] != study_uid else "another series"
+                raise InstanceConflict(where, seen["study_uid"], seen["series_uid"])
             open_job = db.execute(
                 f"SELECT id, version FROM jobs WHERE study_uid = ? AND state IN "
                 f"({_marks(OPEN_STATES)}) ORDER BY id DESC LIMIT 1",
@@ -400,6 +427,35 @@ class State:
                 (now,),
             )
         return ids
+
+    def hold_job(self, job_id: int, reason: str) -> bool:
+        """Keep a ``received`` or ``queued`` job (inputs not fixed yet) from processing until
+        a person releases it; ``reason`` is kept as its error. False if it was in no such
+        state."""
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = 'held', error = ? WHERE id = ?"
+                " AND state IN ('received', 'queued') AND input_max_seq IS NULL",
+                (reason[:4000], job_id),
+            ).rowcount
+        return changed == 1
+
+    def release_job(self, job_id: int, now: float | None = None) -> str:
+        """A person has checked a held job: queue it (trigger ``released``) with every
+        instance of the study; the reason it was held stays in its note."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            row = db.execute("SELECT state, error FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise StateError(f"no job {job_id}")
+            if row["state"] != "held":
+                raise StateError(f"job {job_id} is {row['state']}, not held; nothing to release")
+            db.execute(
+                "UPDATE jobs SET state = 'queued', trigger = 'released', queued_at = ?,"
+                " error = NULL, note = ? WHERE id = ?",
+                (now, f"released by hand after it was held: {row['error']}"[:4000], job_id),
+            )
+        return f"job {job_id}: released and queued for processing"
 
     def fail_job(self, job_id: int, stage: str, error: str, now: float | None = None) -> None:
         """A job that cannot go on: keep its inputs, record where and why."""

@@ -1,6 +1,9 @@
 """The receiving side of the node: a C-ECHO / C-STORE SCP that never acknowledges what it has
 not kept.
 
+Below that, ``transport`` holds every connection to deadlines and every PDU and message to
+a size (the listening socket is a ``GuardedAssociationServer``).
+
 Each association is checked before it is accepted (source address, calling and called AE
 title, capacity) and rejected with the DICOM reason (PS3.8 9.3.4, Table 9-21):
 
@@ -14,23 +17,38 @@ called AE title is not ours            1 perm  1 user  7 called-AE-title-not-rec
 ``limits.max_associations`` reached    2 trans 3 pres. 2 local-limit-exceeded
 =====================================  ======  ======  ======
 
-C-STORE statuses (PS3.4 B.2.3, Table B.2-1; the ErrorComment says why):
+C-STORE statuses (PS3.4 B.2.3, Table B.2-1, and PS3.7 C.4; the ErrorComment says why):
 
-* ``0x0000`` Success: the instance is durable in the spool (or it was there already, or it
-  is of another SOP class that the ``accept-and-ignore`` policy answers without storing).
+* ``0x0000`` Success: the instance is durable in the spool and recorded in the state (or it
+  was there already), or it is of another SOP class that the ``accept-and-ignore`` policy
+  answers without storing (its dataset checked as any other first).
 * ``0xA700`` Refused, Out of Resources: free disk would drop below the watermark (nothing
-  is written), or the disk filled up while writing (the partial file is removed).
-* ``0xA900`` Data Set does not match SOP Class: the dataset parses but is no usable
-  instance of its SOP class: Study/Series/SOP Instance UID missing or invalid, SOP Class or
-  Instance UID differing from the request, image pixel attributes or Pixel Data missing,
-  native Pixel Data shorter than Rows x Columns x Frames x Samples x Bits Allocated.
+  is written), the disk filled up while writing (the partial file is removed), or the
+  instance would decode to more than ``limits.max_decoded_mb``: a deflated dataset inflating
+  past it (inflation stops there), compressed pixel data declaring more (never decoded).
+* ``0xA900`` Data Set does not match SOP Class: the presentation context's abstract syntax,
+  the command's Affected SOP Class UID and the dataset's SOP Class UID disagree; the
+  dataset's SOP Instance UID differs from the command's; Study/Series/SOP Instance UID
+  missing or invalid; image pixel attributes missing; Pixel Data missing or empty; native
+  Pixel Data shorter than Rows x Columns x Frames x Samples x Bits Allocated; RLE data too
+  short for the image it declares; or the SOP Instance UID is already stored in another
+  study or series (one UID, one instance: the first one stays).
+* ``0x0117`` Invalid SOP Instance (PS3.7 C.4): the command's Affected SOP Instance UID is
+  missing, longer than 64 characters or no UID.
 * ``0xC000`` Cannot Understand: the bytes are no valid encoding in the negotiated transfer
-  syntax (garbage, a truncated element or sequence), or compressed pixel data that the
-  installed decoders cannot decode.
-* ``0x0110`` Processing Failure (PS3.7 C.4): the instance was spooled but the node could not
-  record it (its state database failed); the sender should send it again.
+  syntax (garbage, a truncated element or sequence, a broken deflate stream), another
+  command element is unusable, or compressed pixel data that the installed decoders cannot
+  decode.
+* ``0x0110`` Processing Failure (PS3.7 C.4): the node could not record the instance (its
+  state database failed); the file it had spooled is removed again; the sender should send
+  it again.
 
-Rejected instances (0xA900, 0xC000) are quarantined with the reason; the association goes on.
+Every refused instance is quarantined with the reason, but for lack of disk and 0x0110; the
+association goes on. pynetdicom aborts the association on a C-STORE command it cannot take
+(a UID longer than 64 characters) and routes a request by the command's SOP class, not the
+presentation context's, so each command is checked as it is decoded (``EVT_DIMSE_RECV``):
+unusable values are replaced by stand-ins and the problem noted, and ``_on_store`` fails
+that instance alone.
 """
 
 from __future__ import annotations
@@ -38,53 +56,53 @@ from __future__ import annotations
 import errno
 import logging
 import ssl
-import struct
 import threading
-import zlib
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Protocol
 
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
+from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.dsutils import decode
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.node import disk
-from dicom_node.node.config import NodeConfig, is_uid
+from dicom_node.node.config import NodeConfig
 from dicom_node.node.log import log_event
 from dicom_node.node.metrics import NodeMetrics
+from dicom_node.node.state import InstanceConflict
+from dicom_node.receive.command import CommandProblem, repair_store_command
+from dicom_node.receive.instance import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DOES_NOT_MATCH_SOP_CLASS,
+    STATUS_INVALID_SOP_INSTANCE,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_PROCESSING_FAILURE,
+    STATUS_SUCCESS,
+    MalformedInstance,
+    decode_instance,
+    part10_bytes,
+)
 from dicom_node.receive.spool import Spool, StoredInstance
+from dicom_node.receive.transport import GuardedAssociationServer, TransportLimits
 
 LOG = logging.getLogger("myonode.scp")
+_MIB = 1024 * 1024
 
-STATUS_SUCCESS = 0x0000
-STATUS_PROCESSING_FAILURE = 0x0110
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
+
+# Metric label and log reason of each refusal that is quarantined.
+_KINDS = {STATUS_OUT_OF_RESOURCES: "too_large",
+          STATUS_DOES_NOT_MATCH_SOP_CLASS: "does_not_match_sop_class",
+          STATUS_INVALID_SOP_INSTANCE: "invalid_sop_instance",
+          STATUS_CANNOT_UNDERSTAND: "cannot_understand"}
 
 # (result, source, reason) of A-ASSOCIATE-RJ, PS3.8 Table 9-21.
 REJECT_ADDRESS = (0x01, 0x01, 0x01)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_BUSY = (0x02, 0x03, 0x02)
-
-# Explicit VR elements with a 4-byte length field (PS3.5 7.1.2, Table 7.1-1).
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}
-_SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO",
-              b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_MAX_DEPTH = 32
 
 
 class ReceiveListener(Protocol):
@@ -93,20 +111,13 @@ class ReceiveListener(Protocol):
 
     def on_instance_stored(self, stored: StoredInstance) -> None:
         """After the file is durable, before Success is returned; also for repeats
-        (``stored.new`` False). Raising makes the C-STORE fail with 0x0110."""
+        (``stored.new`` False). Raising ``InstanceConflict`` makes the C-STORE fail with
+        0xA900 (quarantined), anything else with 0x0110; either way a file this C-STORE
+        wrote is removed again."""
 
     def on_association_released(self, calling_ae: str, study_uids: set[str]) -> None:
         """Once per association that stored at least one instance, when it ends (released,
         aborted or its connection lost)."""
-
-
-class MalformedInstance(Exception):
-    """A C-STORE dataset the node will not keep: ``status`` and a reason for the sender."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass
@@ -119,6 +130,8 @@ class _Association:
     duplicates: int = 0
     failed: int = 0
     ignored: int = 0
+    # Message ID -> what was wrong with that C-STORE command (noted by _on_command).
+    command_problems: dict[int, CommandProblem] = field(default_factory=dict)
 
 
 class StorageSCP:
@@ -133,7 +146,8 @@ class StorageSCP:
         self.transfer_syntaxes = offered_transfer_syntaxes(config.storage.transfer_syntaxes)
         self._image_classes = frozenset(config.storage.sop_classes)
         self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
+        self._server: GuardedAssociationServer | None = None
+        self._serving: threading.Thread | None = None
         self._associations: dict[int, _Association] = {}
         self._lock = threading.Lock()
 
@@ -165,8 +179,10 @@ class StorageSCP:
         ae.network_timeout = limits.network_timeout_s
         ae.maximum_pdu_size = limits.max_pdu
         # The node admits associations itself (counting admitted ones, not threads, and
-        # logging the reason); pynetdicom's own thread-count limit is kept out of the way.
-        ae.maximum_associations = max(64, 4 * limits.max_associations)
+        # logging the reason) and bounds pending connections in its transport guard;
+        # pynetdicom's own count of live association threads is kept out of the way.
+        ae.maximum_associations = 2 * (limits.max_associations
+                                       + limits.max_pending_connections)
         ae.require_called_aet = False
         ae.require_calling_aet = []
         ae.add_supported_context(Verification)
@@ -180,15 +196,24 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_DIMSE_RECV, self._on_command),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_end),
             (evt.EVT_ABORTED, self._on_end),
             (evt.EVT_CONN_CLOSE, self._on_end),
         ]
         address = (self.config.host, self.config.port)
-        self._server = ae.start_server(
-            address, block=False, evt_handlers=handlers, ssl_context=self._tls_context()
-        )
+        transport = TransportLimits(
+            establish_s=limits.acse_timeout_s, read_s=limits.network_timeout_s,
+            max_pdu=limits.max_pdu, max_message=limits.max_message_mb * 1024 * 1024,
+            max_pending=limits.max_pending_connections,
+            tls_handshake_s=self.config.security.tls.handshake_timeout_s)
+        self._server = ae.make_server(
+            address, evt_handlers=handlers, ssl_context=self._tls_context(),
+            server_class=GuardedAssociationServer, limits=transport)
+        self._serving = threading.Thread(target=self._server.serve_forever,
+                                         name="myonode-scp-accept", daemon=True)
+        self._serving.start()
         self._ae = ae
         self.metrics.active_associations.set_function(lambda: len(self._associations))
         self.metrics.add_check("dicom_scp", self._health)
@@ -203,12 +228,17 @@ class StorageSCP:
     def stop(self) -> None:
         """Stop listening and abort open associations (unacknowledged instances are resent
         by their senders; acknowledged ones are already durable)."""
-        if self._ae is None:
+        if self._ae is None or self._server is None:
             return
         port = self.port
-        self._ae.shutdown()
+        for assoc in self._server.active_associations:
+            assoc.abort()
+        self._server.shutdown()
+        if self._serving is not None:
+            self._serving.join()
         self._ae = None
         self._server = None
+        self._serving = None
         log_event(LOG, "scp.stopped", port=port)
 
     # -- association admission ------------------------------------------------------------
@@ -217,8 +247,7 @@ class StorageSCP:
         tls = self.config.security.tls
         if not tls.enabled:
             return None
-        context = _ServerTlsContext(ssl.PROTOCOL_TLS_SERVER)
-        context.handshake_timeout = tls.handshake_timeout_s
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(str(tls.cert), str(tls.key))
         if tls.ca is not None:
@@ -298,6 +327,23 @@ class StorageSCP:
                   calling_ae=state.calling_ae if state else None)
         return STATUS_SUCCESS
 
+    def _on_command(self, event: Event) -> None:
+        """A DIMSE message decoded, before pynetdicom makes it a request: a C-STORE command
+        that it could not take or would route past ``_on_store`` is made routable, and its
+        problem noted for ``_on_store`` to answer."""
+        message = event.message
+        if not isinstance(message, C_STORE_RQ):
+            return
+        state = self._associations.get(id(event.assoc))
+        message_id = message.command_set.get("MessageID")
+        context = next((cx for cx in event.assoc.accepted_contexts
+                        if cx.context_id == message.context_id), None)
+        if state is None or context is None or message_id is None:
+            return  # pynetdicom drops or aborts these itself: there is nothing to answer
+        problem = repair_store_command(message.command_set, str(context.abstract_syntax))
+        if problem is not None:
+            state.command_problems[int(message_id)] = problem
+
     def _on_store(self, event: Event) -> Dataset:
         state = self._associations.get(id(event.assoc))
         calling = state.calling_ae if state else str(event.assoc.requestor.ae_title).strip()
@@ -308,50 +354,63 @@ class StorageSCP:
         transfer_syntax = UID(str(event.context.transfer_syntax))
         raw = event.encoded_dataset(include_meta=False)
         self.metrics.bytes_received.inc(len(raw))
-        facts = {"calling_ae": calling, "peer": peer, "sop_class": sop_class,
-                 "sop_instance": sop_instance, "transfer_syntax": str(transfer_syntax)}
+        facts: dict = {"calling_ae": calling, "peer": peer, "sop_class": sop_class,
+                       "sop_instance": sop_instance, "transfer_syntax": str(transfer_syntax)}
+        meta = event.file_meta
+        meta.SourceApplicationEntityTitle = calling
+        encoded = part10_bytes(meta, raw)
 
-        if sop_class not in self._image_classes:
+        problem = state.command_problems.pop(int(request.MessageID), None) if state else None
+        if problem is not None:  # the values as sent, not pynetdicom's stand-ins
+            facts["sop_class"] = problem.sent.get("AffectedSOPClassUID", sop_class)
+            facts["sop_instance"] = problem.sent.get("AffectedSOPInstanceUID", sop_instance)
+            facts["command"] = problem.sent
+            return self._reject(state, problem.status, problem.reason, encoded, facts,
+                                response=problem.response)
+        min_free = self.config.limits.min_free_disk_mb * 1024 * 1024
+        if not disk.has_room(self.spool.root, len(encoded), min_free):
+            return self._refuse(state, STATUS_OUT_OF_RESOURCES, "out_of_resources",
+                                "free disk space below the node's watermark", facts)
+        image = sop_class in self._image_classes
+        try:
+            ds = decode_instance(raw, transfer_syntax, meta, sop_class, sop_instance,
+                                 self.config.limits.max_decoded_mb * _MIB, pixels=image)
+        except MalformedInstance as exc:
+            return self._reject(state, exc.status, exc.reason, encoded, facts)
+        if not image:
             if state:
                 state.ignored += 1
             self.metrics.instances_ignored.inc()
             log_event(LOG, "instance.ignored", logging.DEBUG, **facts)
             return _status(STATUS_SUCCESS)
 
-        meta = event.file_meta
-        meta.SourceApplicationEntityTitle = calling
-        encoded = part10_bytes(meta, raw)
-        min_free = self.config.limits.min_free_disk_mb * 1024 * 1024
-        if not disk.has_room(self.spool.root, len(encoded), min_free):
-            return self._refuse(state, STATUS_OUT_OF_RESOURCES, "out_of_resources",
-                                "free disk space below the node's watermark", facts)
-        try:
-            ds = decode_instance(raw, transfer_syntax, meta, sop_class, sop_instance)
-        except MalformedInstance as exc:
-            kind = "cannot_understand" if exc.status == STATUS_CANNOT_UNDERSTAND \
-                else "does_not_match_sop_class"
-            path = self.spool.quarantine(encoded, exc.reason, calling, peer, details=facts)
-            self.metrics.instances_quarantined.inc()
-            log_event(LOG, "instance.quarantined", logging.WARNING, reason=exc.reason,
-                      status=f"0x{exc.status:04X}", file=str(path), **facts)
-            return self._refuse(state, exc.status, kind, exc.reason, facts)
-
-        try:
-            stored = self.spool.store(ds, meta, calling, peer, encoded=encoded)
-        except OSError as exc:
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            LOG.exception("spool write failed", extra={"myonode_event": "spool.write_failed"})
-            return self._refuse(state, STATUS_OUT_OF_RESOURCES if full
-                                else STATUS_PROCESSING_FAILURE,
-                                "out_of_resources" if full else "write_failed",
-                                f"cannot write the instance ({exc.strerror})", facts)
-        try:
-            self.listener.on_instance_stored(stored)
-        except Exception:
-            LOG.exception("listener failed on a stored instance",
-                          extra={"myonode_event": "listener.failed"})
-            return self._refuse(state, STATUS_PROCESSING_FAILURE, "processing_failure",
-                                "instance kept but not recorded; send it again", facts)
+        # One SOP Instance UID at a time from spool to state, so that a file removed again
+        # below is never one that another association was just told is stored.
+        with self.spool.holding(sop_instance):
+            try:
+                stored = self.spool.store(ds, meta, calling, peer, encoded=encoded)
+            except OSError as exc:
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                LOG.exception("spool write failed",
+                              extra={"myonode_event": "spool.write_failed"})
+                return self._refuse(state, STATUS_OUT_OF_RESOURCES if full
+                                    else STATUS_PROCESSING_FAILURE,
+                                    "out_of_resources" if full else "write_failed",
+                                    f"cannot write the instance ({exc.strerror})", facts)
+            try:
+                self.listener.on_instance_stored(stored)
+            except InstanceConflict as exc:
+                self._unspool(stored)
+                facts.update(study=stored.study_uid, series=stored.series_uid,
+                             stored_study=exc.study_uid, stored_series=exc.series_uid)
+                return self._reject(state, STATUS_DOES_NOT_MATCH_SOP_CLASS, str(exc),
+                                    encoded, facts, kind="uid_conflict")
+            except Exception:
+                LOG.exception("listener failed on a stored instance",
+                              extra={"myonode_event": "listener.failed"})
+                self._unspool(stored)
+                return self._refuse(state, STATUS_PROCESSING_FAILURE, "processing_failure",
+                                    "instance not recorded, not kept; send it again", facts)
         if state:
             state.studies.add(stored.study_uid)
             if stored.new:
@@ -364,37 +423,40 @@ class StorageSCP:
                   study=stored.study_uid, series=stored.series_uid, **facts)
         return _status(STATUS_SUCCESS)
 
+    def _unspool(self, stored: StoredInstance) -> None:
+        """Remove the file of an instance that is not kept, if this C-STORE wrote it."""
+        if not stored.new:
+            return
+        try:
+            self.spool.discard(stored)
+        except OSError:
+            LOG.exception("cannot remove an unkept instance from the spool",
+                          extra={"myonode_event": "spool.discard_failed"})
+
+    def _reject(self, state: _Association | None, status: int, reason: str, encoded: bytes,
+                facts: dict, kind: str | None = None,
+                response: dict[str, str] | None = None) -> Dataset:
+        """Quarantine what was sent, with the reason, and refuse it."""
+        calling, peer = facts["calling_ae"], facts["peer"]
+        try:
+            path = self.spool.quarantine(encoded, reason, calling, peer, details=facts)
+        except OSError:
+            LOG.exception("cannot quarantine a refused instance",
+                          extra={"myonode_event": "quarantine.failed"})
+        else:
+            self.metrics.instances_quarantined.inc()
+            log_event(LOG, "instance.quarantined", logging.WARNING, reason=reason,
+                      status=f"0x{status:04X}", file=str(path), **facts)
+        return self._refuse(state, status, kind or _KINDS[status], reason, facts, response)
+
     def _refuse(self, state: _Association | None, status: int, kind: str, comment: str,
-                facts: dict) -> Dataset:
+                facts: dict, response: dict[str, str] | None = None) -> Dataset:
         if state:
             state.failed += 1
         self.metrics.instances_rejected.labels(reason=kind).inc()
         log_event(LOG, "instance.rejected", logging.WARNING, reason=kind,
                   status=f"0x{status:04X}", comment=comment, **facts)
-        return _status(status, comment)
-
-
-class _ServerTlsContext(ssl.SSLContext):
-    """Bounds the TLS handshake of an accepted connection in time (pynetdicom runs it on
-    the listening thread) and logs failed handshakes, e.g. a missing client certificate."""
-
-    handshake_timeout: float = 10.0
-
-    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[no-untyped-def, override]
-        try:
-            peer = "%s:%s" % sock.getpeername()[:2]
-        except OSError:
-            peer = "unknown"
-        sock.settimeout(self.handshake_timeout)
-        try:
-            wrapped = super().wrap_socket(sock, *args, **kwargs)
-        except OSError as exc:
-            log_event(LOG, "tls.handshake_failed", logging.WARNING, peer=peer,
-                      error=str(exc) or type(exc).__name__)
-            sock.close()
-            raise
-        wrapped.settimeout(None)
-        return wrapped
+        return _status(status, comment, response)
 
 
 def _subject_of(cert: dict | None) -> str | None:
@@ -404,12 +466,17 @@ def _subject_of(cert: dict | None) -> str | None:
     return ",".join(parts) or None
 
 
-def _status(status: int, comment: str | None = None) -> Dataset:
+def _status(status: int, comment: str | None = None,
+            response: dict[str, str] | None = None) -> Dataset:
+    """The status dataset pynetdicom copies into the C-STORE response; ``response`` sets
+    other response elements (an empty UID leaves the element out)."""
     ds = Dataset()
     ds.Status = status
     if comment:
         # LO: at most 64 characters, and no backslash (it would split the value).
         ds.ErrorComment = comment.replace("\\", "/")[:64]
+    for keyword, value in (response or {}).items():
+        setattr(ds, keyword, value)
     return ds
 
 
@@ -430,180 +497,3 @@ def offered_transfer_syntaxes(configured: tuple[str, ...]) -> list[str]:
     return offered
 
 
-def part10_bytes(file_meta: FileMetaDataset, dataset_bytes: bytes) -> bytes:
-    """A DICOM file: preamble, ``DICM``, the file meta group and the dataset as received."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, file_meta, enforce_standard=True)
-    buffer.write(dataset_bytes)
-    return buffer.getvalue()
-
-
-def decode_instance(raw: bytes, transfer_syntax: UID, file_meta: FileMetaDataset,
-                    sop_class: str, sop_instance: str) -> Dataset:
-    """The C-STORE dataset, checked to be a complete, usable image of its SOP class.
-
-    Raises ``MalformedInstance`` with the status to answer (0xC000 or 0xA900).
-    """
-    implicit, little = transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
-    content = raw
-    if transfer_syntax.is_deflated:
-        try:
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            content = inflater.decompress(raw) + inflater.flush()
-        except zlib.error as exc:
-            raise MalformedInstance(STATUS_CANNOT_UNDERSTAND,
-                                    f"deflate stream broken: {exc}") from exc
-    problem = encoding_problem(content, implicit, little)
-    if problem:
-        raise MalformedInstance(STATUS_CANNOT_UNDERSTAND, f"cannot decode dataset: {problem}")
-    try:
-        ds = decode(BytesIO(content), implicit, little)
-        ds.file_meta = file_meta
-        _check_identity(ds, sop_class, sop_instance)
-        _check_pixels(ds, transfer_syntax)
-    except MalformedInstance:
-        raise
-    except Exception as exc:  # pydicom raises many kinds on values it cannot convert
-        raise MalformedInstance(STATUS_CANNOT_UNDERSTAND,
-                                f"cannot read dataset: {type(exc).__name__}: {exc}") from exc
-    return ds
-
-
-def _check_identity(ds: Dataset, sop_class: str, sop_instance: str) -> None:
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = str(ds.get(keyword, "") or "")
-        if not value:
-            raise MalformedInstance(STATUS_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} missing")
-        if not is_uid(value):
-            raise MalformedInstance(STATUS_DOES_NOT_MATCH_SOP_CLASS,
-                                    f"{keyword} is not a valid UID")
-    if str(ds.SOPClassUID) != sop_class:
-        raise MalformedInstance(STATUS_DOES_NOT_MATCH_SOP_CLASS,
-                                "SOPClassUID differs from the request's")
-    if str(ds.SOPInstanceUID) != sop_instance:
-        raise MalformedInstance(STATUS_DOES_NOT_MATCH_SOP_CLASS,
-                                "SOPInstanceUID differs from the request's")
-
-
-def _check_pixels(ds: Dataset, transfer_syntax: UID) -> None:
-    """Pixel data present and complete: natively by length, compressed by decoding it."""
-    for keyword in ("Rows", "Columns", "BitsAllocated"):
-        if ds.get(keyword) in (None, ""):
-            raise MalformedInstance(STATUS_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} missing")
-    if "PixelData" not in ds:
-        raise MalformedInstance(STATUS_DOES_NOT_MATCH_SOP_CLASS, "Pixel Data missing")
-    rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if min(rows, columns, frames, samples) < 1 or bits not in (1, 8, 16, 32, 64):
-        raise MalformedInstance(STATUS_DOES_NOT_MATCH_SOP_CLASS,
-                                "Rows/Columns/Frames/Samples/Bits Allocated out of range")
-    values = rows * columns * frames * samples
-    if transfer_syntax.is_encapsulated:
-        try:
-            pixels = ds.pixel_array
-        except Exception as exc:
-            raise MalformedInstance(STATUS_CANNOT_UNDERSTAND,
-                                    f"compressed pixel data not decodable: {exc}") from exc
-        if int(np.prod(pixels.shape)) != values:
-            raise MalformedInstance(STATUS_DOES_NOT_MATCH_SOP_CLASS,
-                                    "decoded pixel data does not match Rows x Columns x Frames")
-        return
-    expected = (values + 7) // 8 if bits == 1 else values * bits // 8
-    actual = len(ds.PixelData)
-    if actual < expected:
-        raise MalformedInstance(
-            STATUS_DOES_NOT_MATCH_SOP_CLASS,
-            f"Pixel Data {actual} bytes, image needs {expected}",
-        )
-
-
-def encoding_problem(data: bytes, implicit_vr: bool, little_endian: bool) -> str | None:
-    """Why ``data`` is not a complete dataset in this encoding (None when it is).
-
-    pydicom reads truncated or garbage input silently (a short value, missing elements), so
-    the element structure is walked here first: every length must fit, every explicit VR
-    must exist, every undefined-length sequence must be closed.
-    """
-    try:
-        _walk(data, 0, len(data), implicit_vr, "<" if little_endian else ">", 0, False)
-    except _Broken as exc:
-        return str(exc)
-    return None
-
-
-class _Broken(Exception):
-    pass
-
-
-def _walk(data: bytes, pos: int, end: int, implicit: bool, order: str, depth: int,
-          in_item: bool) -> int:
-    """Walk elements from ``pos``; returns the position after the last one (or after the
-    item delimiter that closes an undefined-length item when ``in_item``)."""
-    if depth > _MAX_DEPTH:
-        raise _Broken("sequences nested too deeply")
-    tag_struct = struct.Struct(order + "HH")
-    while pos < end:
-        if pos + 8 > end:
-            raise _Broken(f"element header cut off at byte {pos}")
-        group, element = tag_struct.unpack_from(data, pos)
-        tag = (group << 16) | element
-        if tag == _ITEM_END:
-            if not in_item:
-                raise _Broken(f"item delimiter outside an item at byte {pos}")
-            return pos + 8
-        if group == 0xFFFE:
-            raise _Broken(f"misplaced delimiter ({group:04X},{element:04X}) at byte {pos}")
-        vr = b""
-        if implicit:
-            (length,) = struct.unpack_from(order + "L", data, pos + 4)
-            header = 8
-        else:
-            vr = data[pos + 4:pos + 6]
-            if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    raise _Broken(f"element header cut off at byte {pos}")
-                (length,) = struct.unpack_from(order + "L", data, pos + 8)
-                header = 12
-            elif vr in _SHORT_VRS:
-                (length,) = struct.unpack_from(order + "H", data, pos + 6)
-                header = 8
-            else:
-                raise _Broken(f"invalid VR {vr!r} in ({group:04X},{element:04X}) at byte {pos}")
-        pos += header
-        if length == _UNDEFINED:
-            # Undefined-length SQ, encapsulated pixel data or UN holding implicit VR items
-            # (PS3.5 6.2.2).
-            pos = _walk_items(data, pos, end, implicit or vr == b"UN", order, depth + 1)
-        else:
-            if pos + length > end:
-                raise _Broken(f"({group:04X},{element:04X}) needs {length} bytes, "
-                              f"{end - pos} left")
-            pos += length
-    if in_item:
-        raise _Broken("item not closed before the end of the data")
-    return pos
-
-
-def _walk_items(data: bytes, pos: int, end: int, implicit: bool, order: str,
-                depth: int) -> int:
-    tag_struct = struct.Struct(order + "HHL")
-    while True:
-        if pos + 8 > end:
-            raise _Broken("sequence not closed before the end of the data")
-        group, element, length = tag_struct.unpack_from(data, pos)
-        tag = (group << 16) | element
-        pos += 8
-        if tag == _SEQUENCE_END:
-            return pos
-        if tag != _ITEM:
-            raise _Broken(f"expected an item, found ({group:04X},{element:04X}) at byte {pos - 8}")
-        if length == _UNDEFINED:
-            pos = _walk(data, pos, end, implicit, order, depth + 1, True)
-        else:
-            if pos + length > end:
-                raise _Broken(f"item needs {length} bytes, {end - pos} left")
-            pos += length

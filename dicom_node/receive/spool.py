@@ -7,6 +7,11 @@ at most a hidden ``.*.tmp`` file, never a truncated ``.dcm`` (``remove_partial_f
 clears them at start-up). The layout is ``spool/<study>/<series>/<sop>.dcm``; a SOP Instance
 UID that is already there is not written again. Malformed input goes to ``quarantine/`` with
 a JSON note of why, when and from whom.
+
+The spool and the state database agree: the SCP stores and records one SOP Instance UID at a
+time (``holding``), and a file it wrote that could then not be recorded is removed again
+(``discard``) before the failure goes back, so no spool file is unknown to the state (but for
+a crash between the two, whose sender never heard Success and sends again).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -25,8 +32,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.node.config import is_uid
+from dicom_node.node.permissions import make_dir
 
 _TMP_SUFFIX = ".tmp"
+_INSTANCE_LOCKS = 64
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,21 @@ class Spool:
         # Serialises the "already there?" check with the rename, so two associations that
         # deliver the same instance at once both see exactly one of them as new.
         self._publish = threading.Lock()
+        self._instance_locks = [threading.Lock() for _ in range(_INSTANCE_LOCKS)]
+
+    @contextmanager
+    def holding(self, sop_instance_uid: str) -> Iterator[None]:
+        """Keep other threads from storing or discarding this SOP Instance UID meanwhile."""
+        with self._instance_locks[hash(sop_instance_uid) % _INSTANCE_LOCKS]:
+            yield
+
+    def discard(self, stored: StoredInstance) -> None:
+        """Remove a file that ``store`` has just written (``stored.new``) and that is not to
+        be kept; call it ``holding`` the UID, so that no repeat saw the file meanwhile."""
+        if not stored.new:
+            raise ValueError("only a file this store wrote can be discarded")
+        stored.path.unlink(missing_ok=True)
+        fsync_dir(stored.path.parent)
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """Where an instance lives; UIDs are checked first (they become file names)."""
@@ -165,18 +189,9 @@ def _write_temp(folder: Path, final_name: str, data: bytes) -> Path:
 
 
 def _make_dirs(folder: Path) -> None:
-    """Create ``folder`` and fsync each parent that gained an entry, so the path survives."""
-    missing = []
-    probe = folder
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue  # created by a concurrent association
-        fsync_dir(path.parent)
+    """Create ``folder`` (the node's folder mode) and fsync each parent that gained an entry,
+    so the path survives a crash."""
+    make_dir(folder, on_created=lambda made: fsync_dir(made.parent))
 
 
 def fsync_dir(folder: Path) -> None:

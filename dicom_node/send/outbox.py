@@ -33,6 +33,7 @@ from pathlib import Path
 import pydicom
 
 from dicom_node.node.log import log_event
+from dicom_node.node.permissions import make_dir, open_private
 from dicom_node.node.state import Delivery, Job, State
 from dicom_node.receive.spool import fsync_dir
 from dicom_node.send.scu import Peer, SendOutcome, send_files
@@ -60,17 +61,16 @@ class RetryPolicy:
 
 
 def write_durable(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either nothing or all of it, even after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` so that ``path`` holds either nothing or all of it, even after a crash
+    (readable by the node's user and group only, :mod:`dicom_node.node.permissions`)."""
+    make_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    with open(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
 
 
 def versioned_description(description: str, version: int) -> str:

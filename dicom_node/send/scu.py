@@ -2,7 +2,9 @@
 
 Why per-file outcomes: the outbox records delivery per destination and instance, so a
 partial success (the PACS accepts the SR, rejects a SEG, or the link drops half-way) is
-remembered exactly and only what did not arrive is sent again.
+remembered exactly and only what did not arrive is sent again. A failed outcome says what
+happened, in PS3.8 terms (:mod:`dicom_node.send.reasons`): the refused presentation context,
+the A-ASSOCIATE-RJ or A-ABORT with its source and reason, the connection error, a timeout.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.presentation import PresentationContext
+
+from dicom_node.send.reasons import AssociationWitness, rejected_context, sop_class_name
 
 log = logging.getLogger("myonode.scu")
 
@@ -99,18 +103,18 @@ def send_files(
     ae.connection_timeout = timeout_s
     ae.requested_contexts = _contexts(facts)
     tls = (peer.ssl_context, peer.server_hostname or peer.host) if peer.ssl_context else None
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    witness = AssociationWitness()
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, max_pdu=max_pdu,
-                             tls_args=tls)
+        with witness.watching():
+            assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, max_pdu=max_pdu,
+                                 tls_args=tls, evt_handlers=witness.handlers)
     except (OSError, ssl.SSLError) as exc:
         for path, fact in zip(paths, facts):
-            note(_failed(path, fact, f"cannot connect: {exc}"))
+            note(_failed(path, fact, f"cannot connect to {where}: {exc}"))
         return outcomes
     if not assoc.is_established:
-        # pynetdicom reports a refused connection as an aborted association.
-        reason = ("association rejected" if assoc.is_rejected
-                  else "no association (connection refused, timed out or aborted)")
-        reason += f" with {peer.ae_title}@{peer.host}:{peer.port}"
+        reason = witness.failure(assoc, where, timeout_s)
         for path, fact in zip(paths, facts):
             note(_failed(path, fact, reason))
         return outcomes
@@ -118,21 +122,33 @@ def send_files(
         for path, (sop_class, syntax, sop_uid) in zip(paths, facts):
             if not assoc.is_established:
                 note(_failed(path, (sop_class, syntax, sop_uid),
-                             "association ended before this instance"))
+                             f"association ended before this instance: {_ended(witness)}"))
                 continue
             accepted = [c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class]
             if not accepted:
-                note(_failed(path, (sop_class, syntax, sop_uid),
-                             f"{peer.ae_title} does not accept SOP class {sop_class}"))
+                refused = [c for c in assoc.rejected_contexts if c.abstract_syntax == sop_class]
+                why = (rejected_context(refused[0]) if refused else
+                       f"no presentation context for SOP class {sop_class_name(sop_class)}")
+                note(_failed(path, (sop_class, syntax, sop_uid), f"{where}: {why}"))
                 continue
-            note(_store(assoc, Path(path), sop_uid, syntax, accepted[0]))
+            note(_store(assoc, Path(path), sop_uid, syntax, accepted[0], witness))
     finally:
         if assoc.is_established:
             assoc.release()
     return outcomes
 
 
-def _store(assoc, path: Path, sop_uid: str, syntax: str, context) -> SendOutcome:
+def _ended(witness: AssociationWitness) -> str:
+    """Why an established association is gone (the peer's A-ABORT, else the connection)."""
+    aborted = witness.aborted_by_peer()
+    if aborted is not None:
+        return f"aborted by the destination: {aborted}"
+    return ("the destination closed the connection" if witness.closed_by_peer
+            else "aborted here (no answer within the DIMSE or network timeout)")
+
+
+def _store(assoc, path: Path, sop_uid: str, syntax: str, context,
+           witness: AssociationWitness) -> SendOutcome:
     try:
         # Sent from the file when the transfer syntax is the file's own (no re-encoding).
         dataset = path if context.transfer_syntax[0] == syntax else pydicom.dcmread(path)
@@ -143,7 +159,7 @@ def _store(assoc, path: Path, sop_uid: str, syntax: str, context) -> SendOutcome
     if code in STORED_STATUSES:
         return SendOutcome(path, sop_uid, True, code, None)
     error = (f"C-STORE status 0x{code:04X}" if code is not None
-             else "no C-STORE response (timeout or connection lost)")
+             else f"no C-STORE response: {_ended(witness)}")
     return SendOutcome(path, sop_uid, False, code, error)
 
 

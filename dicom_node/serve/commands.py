@@ -1,8 +1,9 @@
-"""The node's commands: ``serve``, ``status``, ``retry``, ``resend`` (wired into ``cli.py``).
+"""The node's commands: ``serve``, ``status``, ``retry``, ``release``, ``resend`` (wired into
+``cli.py``).
 
-``status``, ``retry`` and ``resend`` work on the node's SQLite state directly, whether the
-node runs or not: a running node picks up requeued jobs and deliveries within a second (its
-workers poll the state), a stopped one at its next start.
+``status``, ``retry``, ``release`` and ``resend`` work on the node's SQLite state directly,
+whether the node runs or not: a running node picks up requeued jobs and deliveries within a
+second (its workers poll the state), a stopped one at its next start.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dicom_node.node.config import NodeConfig, load_node_config
 from dicom_node.node.state import DB_NAME, State, StateError
+from dicom_node.serve.progress import last_progress
 
 EXIT_BAD_INPUT = 2
 
@@ -51,11 +54,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_serve_command(args: argparse.Namespace) -> int:
     """``myonode serve``: run the node until SIGTERM/SIGINT."""
-    from dicom_node.serve.service import run_serve
+    from dicom_node.serve.service import ListenerError, run_serve
 
     try:
         return run_serve(args.config)
-    except OSError as exc:  # typically the DICOM or HTTP port is taken
+    except ListenerError as exc:  # the DICOM or HTTP port is taken: which, and the setting
+        return _fail("serve", str(exc))
+    except OSError as exc:
         return _fail("serve", f"cannot start: {exc}")
     except StateError as exc:
         return _fail("serve", str(exc))
@@ -84,7 +89,12 @@ def node_status(config: NodeConfig, limit: int = 20) -> dict:
             ],
             "studies": state.studies(limit=limit),
             "job_counts": state.job_counts(),
-            "jobs": [_job_entry(job) for job in jobs],
+            "jobs": [{**_job_entry(job), "progress": _progress(config, job)} for job in jobs],
+            "held": [
+                {"job_id": job.id, "study_uid": job.study_uid, "version": job.version,
+                 "received_at": _iso(job.created_at), "reason": job.error}
+                for job in state.jobs(("held",), limit=1000)
+            ],
             "outbox": state.delivery_counts(),
             "dead_letters": [
                 {"job_id": d.job_id, "destination": d.destination,
@@ -118,6 +128,14 @@ def _runtime(config: NodeConfig) -> dict:
     info.update({k: saved.get(k) for k in ("pid", "dicom_port", "http_port")},
                 running=running)
     return info
+
+
+def _progress(config: NodeConfig, job) -> dict | None:
+    """The last progress line of a job being processed (its attempt's ``progress.jsonl``)."""
+    if job.state != "processing":
+        return None
+    return last_progress(Path(config.data_dir) / "jobs" / f"job-{job.id}"
+                         / f"attempt-{job.attempts}")
 
 
 def _job_entry(job) -> dict:
@@ -168,13 +186,19 @@ def format_status(report: dict) -> str:
         def num(value: float | None) -> str:
             return f"{value:>7.1f}" if value is not None else f"{'-':>7}"
 
-        detail = job["error"] or job["note"] or ""
+        detail = job["error"] or _step(job.get("progress")) or job["note"] or ""
         lines.append(
             f"  {job['id']:>4} {_short(job['study_uid'], 24):<24} {job['version']:>2} "
             f"{job['state']:<10} {job['trigger'] or '-':<12} {job['received_at']:<19} "
             f"{num(job['waited_s'])} {num(job['processing_s'])} {num(job['sending_s'])}  "
             f"{detail[:100]}"
         )
+    if report["held"]:
+        lines += ["", "held studies: not processed until a person releases them "
+                      "(myonode release JOB)"]
+        for held in report["held"]:
+            lines.append(f"  job {held['job_id']} {held['study_uid']} v{held['version']} "
+                         f"(received {held['received_at']}): {held['reason']}")
     lines += ["", "outbox (deliveries per destination)"]
     if not report["outbox"]:
         lines.append("  nothing delivered or pending")
@@ -191,6 +215,18 @@ def format_status(report: dict) -> str:
                          f"{dead['sop_instance_uid']} after {dead['attempts']} attempt(s): "
                          f"{dead['error']}")
     return "\n".join(lines)
+
+
+def _step(progress: dict | None) -> str | None:
+    """``now: segment li 40% (at 312.0 s)`` from a job's last progress line."""
+    if not progress:
+        return None
+    step = progress.get("step")
+    if progress.get("status") == "finished":
+        step = f"{step} done"
+    elif "percent" in progress:
+        step = f"{step} {progress['percent']}%"
+    return f"now: {step} (at {progress.get('elapsed_s', '?')} s)"
 
 
 def _short(uid: str, width: int) -> str:
@@ -216,18 +252,36 @@ def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
     _config_argument(parser)
 
 
-def run_retry_command(args: argparse.Namespace) -> int:
-    """``myonode retry JOB``: a failed job runs again (processing, or its dead letters)."""
+def _on_state(args: argparse.Namespace, command: str,
+              change: Callable[[State, NodeConfig], str]) -> int:
+    """Apply ``change`` to the node's state and print what it says; 2 with a line on error."""
     config = _config(args)
     try:
         state = _existing_state(config)
         try:
-            print(state.retry_job(args.job))
+            print(change(state, config))
         finally:
             state.close()
     except StateError as exc:
-        return _fail("retry", str(exc))
+        return _fail(command, str(exc))
     return 0
+
+
+def run_retry_command(args: argparse.Namespace) -> int:
+    """``myonode retry JOB``: a failed job runs again (processing, or its dead letters)."""
+    return _on_state(args, "retry", lambda state, _: state.retry_job(args.job))
+
+
+def add_release_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``myonode release``."""
+    parser.add_argument("job", type=int, help="id of a held job (see myonode status)")
+    _config_argument(parser)
+
+
+def run_release_command(args: argparse.Namespace) -> int:
+    """``myonode release JOB``: a person has checked a held study (for instance that its
+    instances are of one patient after all); it is processed with all its instances."""
+    return _on_state(args, "release", lambda state, _: state.release_job(args.job))
 
 
 def add_resend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -243,23 +297,20 @@ def run_resend_command(args: argparse.Namespace) -> int:
     """``myonode resend JOB`` or ``myonode resend --dead-letters``."""
     if args.job is None and not args.dead_letters:
         return _fail("resend", "name a job, or give --dead-letters")
-    config = _config(args)
-    try:
-        state = _existing_state(config)
-        try:
-            count = state.resend(args.job, [d.name for d in config.destinations],
-                                 dead_letters_only=args.dead_letters)
-        finally:
-            state.close()
-    except StateError as exc:
-        return _fail("resend", str(exc))
-    print(f"{count} deliver{'y' if count == 1 else 'ies'} queued")
-    return 0
+
+    def resend(state: State, config: NodeConfig) -> str:
+        count = state.resend(args.job, [d.name for d in config.destinations],
+                             dead_letters_only=args.dead_letters)
+        return f"{count} deliver{'y' if count == 1 else 'ies'} queued"
+
+    return _on_state(args, "resend", resend)
 
 
 COMMANDS = {
     "serve": ("run the DICOM node", add_serve_arguments, run_serve_command),
     "status": ("studies, jobs and outbox of the node", add_status_arguments, run_status_command),
     "retry": ("run a failed job again", add_retry_arguments, run_retry_command),
+    "release": ("process a held study after checking it", add_release_arguments,
+                run_release_command),
     "resend": ("send results again", add_resend_arguments, run_resend_command),
 }

@@ -13,14 +13,24 @@ many, in any order, sometimes hours apart. So a version of a study (a ``received
 * ``max_wait``: ``max_wait_s`` after the version's first instance, even if instances still
   arrive (a sender trickling images must not hold results back for ever).
 
+Both periods are counted from the node's start at the earliest: after a crash or restart a
+study that was still arriving gets the full quiet period for its sender to send again.
+
+Whatever the trigger, a version whose instances name more than one patient
+(:mod:`dicom_node.study.patients`) is not queued but ``held``, with the reason, until a person
+releases it (``myonode release``); a queued version is compared again when instances join it.
+
 Images in Acquisition is read per series: the count of instances of a series with the same
 Acquisition Number must reach it. Vendors differ in what they count; where a scanner counts
 the images of all series of one acquisition together, the sum over those series is accepted
 when it matches exactly. A header that promises more than ever arrives only delays the study
-to the quiet period; it never loses it.
+to the quiet period; it never loses it. A hostile or broken header (inf, NaN, huge or
+negative numbers, wrong VRs, a NumberOfFrames the pixel data cannot hold) makes a problem of
+that instance, which keeps its study from counting as complete; it never raises, and no work
+is done for frames that are not there.
 
-Headers are read once per file (cached until the study is queued), so a sender that opens
-an association per image does not make the check quadratic.
+Headers are read once per file (cached while the study has a version waiting), so a sender
+that opens an association per image does not make the check quadratic.
 """
 
 from __future__ import annotations
@@ -34,13 +44,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.errors import InvalidDicomError
-
 from common.study import REQUIRED_ROLES, Frame
 from dicom_node.node.log import log_event
-from dicom_node.node.state import State
+from dicom_node.node.state import Job, State
 from dicom_node.study.dixon_roles import DixonRules
-from dicom_node.study.scan import frames_of, read_header
+from dicom_node.study.patients import PatientIdentity, identity_of, patient_mismatch
+from dicom_node.study.scan import (
+    frames_of,
+    integer_value,
+    read_header,
+    sequence_items,
+    text_value,
+)
 from dicom_node.study.stacks import group_studies
 
 log = logging.getLogger("myonode.completion")
@@ -51,7 +66,7 @@ DEFAULT_MAX_WAIT_S = 3600.0
 
 @dataclass(frozen=True)
 class InstanceFacts:
-    """What one file tells about the counts to expect (read from its header)."""
+    """What one file tells about the counts to expect and the patient (read from its header)."""
 
     sop_instance_uid: str
     series_uid: str
@@ -60,7 +75,8 @@ class InstanceFacts:
     declared_frames: int | None  # NumberOfFrames
     described_frames: int | None  # items of the per-frame functional groups
     frames: tuple[Frame, ...]
-    problem: str | None = None  # why no frames could be read from it
+    patient: PatientIdentity | None = None
+    problem: str | None = None  # why the instance cannot be judged (frames or counts unreadable)
 
 
 @dataclass
@@ -73,28 +89,45 @@ class Completeness:
 
 def read_facts(path: Path, rules: DixonRules) -> InstanceFacts | None:
     """Header facts of one stored file; None when it is not DICOM with the UIDs of an
-    instance. An image whose frames cannot be placed keeps its counts and a ``problem``."""
+    instance. Whatever its values, it never raises: an image whose frames or counts cannot be
+    read keeps what could be read and a ``problem``."""
     try:
         ds = read_header(path)
-        uids = (str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError,
-            AttributeError):
+        uids = [text_value(ds, k) for k in ("SOPInstanceUID", "StudyInstanceUID",
+                                            "SeriesInstanceUID")]
+    except Exception:  # noqa: BLE001 - pydicom fails in many ways on bytes from the network
         return None
-    problem = None
+    if not all(uids):
+        return None
+    problems = []
     try:
         frames = tuple(frames_of(ds, path, rules))
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        frames, problem = (), str(exc)
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    except ValueError as exc:
+        frames = ()
+        problems.append(str(exc))
+    counts: dict[str, int | None] = {}
+    for keyword in ("ImagesInAcquisition", "NumberOfFrames"):
+        try:
+            counts[keyword] = integer_value(ds, keyword, 0, 2**31 - 1) or None
+        except ValueError as exc:
+            counts[keyword] = None
+            problems.append(str(exc))
+    try:
+        acquisition = text_value(ds, "AcquisitionNumber") or None
+        per_frame = sequence_items(ds, "PerFrameFunctionalGroupsSequence")
+    except ValueError as exc:
+        acquisition, per_frame = None, None
+        problems.append(str(exc))
     return InstanceFacts(
         sop_instance_uid=uids[0],
         series_uid=uids[2],
-        acquisition_number=_text_or_none(ds.get("AcquisitionNumber")),
-        images_in_acquisition=_positive_int(ds.get("ImagesInAcquisition")),
-        declared_frames=_positive_int(ds.get("NumberOfFrames")),
+        acquisition_number=acquisition,
+        images_in_acquisition=counts["ImagesInAcquisition"],
+        declared_frames=counts["NumberOfFrames"],
         described_frames=len(per_frame) if per_frame is not None else None,
         frames=frames,
-        problem=problem,
+        patient=identity_of(ds),
+        problem="; ".join(dict.fromkeys(problems)) or None,
     )
 
 
@@ -105,9 +138,8 @@ def judge(study_uid: str, facts: list[InstanceFacts],
     frames = [f for fact in facts for f in fact.frames if f.study_instance_uid == study_uid]
     studies = group_studies(frames)
     if not studies or not studies[0].stacks:
-        return Completeness(False, ["no Dixon stack yet"])
-    study = studies[0]
-    for stack in study.stacks:
+        reasons.append("no Dixon stack yet")
+    for stack in studies[0].stacks if studies else []:
         for role in stack.missing_roles(required_roles):
             reasons.append(f"stack {stack.index}: no {role} images")
         for role, slots in sorted(stack.roles.items()):
@@ -155,24 +187,18 @@ def _acquisition_counts(dixon: list[InstanceFacts], every: list[InstanceFacts]) 
     return reasons
 
 
-def _positive_int(value: object) -> int | None:
-    try:
-        number = int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
-
-
-def _text_or_none(value: object) -> str | None:
-    return None if value in (None, "") else str(value)
-
-
 class CompletionMonitor:
-    """Queues ``received`` study versions when they are complete, quiet or have waited enough.
+    """Queues ``received`` study versions when they are complete, quiet or have waited enough,
+    and holds those whose instances name more than one patient.
 
     ``released(study_uids)`` is called from the SCP's threads and only notes the studies;
     every check runs on the monitor's own thread, so reading headers never holds up a
-    sender."""
+    sender. Each study is judged on its own: one whose headers cannot be judged is logged
+    (``completion.error``) and left to its quiet period, and the others are judged as usual.
+
+    Both clocks start no earlier than the monitor (the node's start): the time the node was
+    down is no quiet time, so after a restart a study that was still arriving is given the
+    full quiet period for its sender to send again."""
 
     def __init__(
         self,
@@ -191,8 +217,12 @@ class CompletionMonitor:
         self.on_queued = on_queued
         self.tick_s = tick_s
         self.clock = clock
+        self.started_at = clock()
         self._released: set[str] = set()
-        self._cache: dict[str, InstanceFacts | None] = {}
+        # study -> path -> facts, for the studies with a received or queued version
+        self._cache: dict[str, dict[str, InstanceFacts]] = {}
+        # queued job -> instances of its study when its patients were last compared
+        self._compared: dict[int, int] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -211,47 +241,102 @@ class CompletionMonitor:
         with self._lock:
             released, self._released = self._released, set()
         queued = []
-        for job in self.state.jobs(("received",), limit=10_000):
-            trigger = None
-            if now - job.created_at >= self.max_wait_s:
-                trigger = "max_wait"
-            elif now - job.last_instance_at >= self.quiet_period_s:
-                trigger = "quiet_period"
-            elif job.study_uid in released:
-                verdict = self.check(job.study_uid)
-                if verdict.complete:
-                    trigger = "complete"
-                else:
-                    log_event(log, "study.incomplete", study_uid=job.study_uid,
-                              job_id=job.id, reasons=verdict.reasons[:10])
+        received = self.state.jobs(("received",), limit=10_000)
+        for job in received:
+            trigger = self._isolated(job, self._trigger, job, now, job.study_uid in released)
             if trigger and self.state.queue_job(job.id, trigger, now=now):
-                self._forget(job.study_uid)
+                self._compared[job.id] = len(self.state.study_paths(job.study_uid))
                 queued.append((job.id, trigger))
                 log_event(log, "job.queued", job_id=job.id, study_uid=job.study_uid,
                           version=job.version, trigger=trigger)
                 if self.on_queued:
                     self.on_queued(job.id)
+        waiting = self.state.jobs(("queued",), limit=10_000)
+        for job in waiting:
+            self._isolated(job, self._compare_queued, job)
+        self._prune({job.study_uid for job in received + waiting}, {job.id for job in waiting})
         self.last_tick = now
         return queued
 
     def check(self, study_uid: str) -> Completeness:
         """Completeness of everything received so far for the study."""
-        facts = []
-        for _, path in self.state.study_paths(study_uid):
-            if path not in self._cache:
-                self._cache[path] = read_facts(Path(path), self.rules)
-            if self._cache[path] is not None:
-                facts.append(self._cache[path])
-        return judge(study_uid, facts)
+        return judge(study_uid, self._facts(study_uid))
 
-    def _forget(self, study_uid: str) -> None:
-        for _, path in self.state.study_paths(study_uid):
-            self._cache.pop(path, None)
+    def _isolated(self, job: Job, step: Callable, *args: object) -> str | None:
+        """Run one study's step; an error is logged and ends that step only."""
+        try:
+            return step(*args)
+        except Exception as exc:  # noqa: BLE001 - one study's fault must not hold up the others
+            log_event(log, "completion.error", logging.ERROR, study_uid=job.study_uid,
+                      job_id=job.id, error=repr(exc), traceback=traceback.format_exc())
+            return None
+
+    def _trigger(self, job: Job, now: float, released: bool) -> str | None:
+        """Why the job is to be queued now, or None; a study of two patients is held."""
+        trigger = None
+        if now - max(job.created_at, self.started_at) >= self.max_wait_s:
+            trigger = "max_wait"
+        elif now - max(job.last_instance_at, self.started_at) >= self.quiet_period_s:
+            trigger = "quiet_period"
+        elif not released:
+            return None
+        facts = self._facts(job.study_uid)
+        if self._held(job, facts):
+            return None
+        if trigger is None:
+            verdict = judge(job.study_uid, facts)
+            if verdict.complete:
+                return "complete"
+            log_event(log, "study.incomplete", study_uid=job.study_uid, job_id=job.id,
+                      reasons=verdict.reasons[:10])
+        return trigger
+
+    def _compare_queued(self, job: Job) -> None:
+        """Instances that joined a queued job (inputs not fixed yet) are compared too."""
+        if job.input_max_seq is not None or job.trigger == "released":
+            return
+        count = len(self.state.study_paths(job.study_uid))
+        if self._compared.get(job.id) == count:
+            return
+        self._held(job, self._facts(job.study_uid))
+        self._compared[job.id] = count
+
+    def _held(self, job: Job, facts: list[InstanceFacts]) -> bool:
+        """Hold the job when its study's instances name more than one patient."""
+        reason = patient_mismatch((f.series_uid, f.patient) for f in facts
+                                  if f.patient is not None)
+        if reason is None or not self.state.hold_job(job.id, reason):
+            return False
+        log_event(log, "study.held", logging.ERROR, study_uid=job.study_uid, job_id=job.id,
+                  version=job.version, reason=reason,
+                  message="not processed; after checking, release it: myonode release "
+                          f"{job.id}")
+        return True
+
+    def _facts(self, study_uid: str) -> list[InstanceFacts]:
+        """Facts of every instance of the study (each file read once)."""
+        cache = self._cache.setdefault(study_uid, {})
+        facts = []
+        for sop_uid, path in self.state.study_paths(study_uid):
+            if path not in cache:
+                cache[path] = read_facts(Path(path), self.rules) or InstanceFacts(
+                    sop_uid, "", None, None, None, None, (),
+                    problem="the stored file is no longer readable DICOM")
+            facts.append(cache[path])
+        return facts
+
+    def _prune(self, studies: set[str], queued: set[int]) -> None:
+        """Forget the studies and jobs no longer waiting."""
+        for study_uid in set(self._cache) - studies:
+            del self._cache[study_uid]
+        for job_id in set(self._compared) - queued:
+            del self._compared[job_id]
 
     # -- thread ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run ``tick`` on a background thread until ``stop``."""
+        """Run ``tick`` on a background thread until ``stop``; the clocks start now."""
+        self.started_at = self.clock()
         self._thread = threading.Thread(target=self._run, name="completion", daemon=True)
         self._thread.start()
 

@@ -2,16 +2,21 @@
 
 Why a subprocess per job: the pipeline loads torch and a model and may take gigabytes; a
 crash, an out-of-memory kill or a hung CUDA call then ends one job (recorded as failed, with
-its log), never the node that keeps receiving studies. The child dies with the node (Linux
-parent-death signal), so a node killed with ``kill -9`` leaves no orphan writing results;
-on restart the job is still ``processing`` in the state and runs again from its fixed
-inputs (:meth:`State.resume_unfinished`). Nothing was in the outbox yet, so nothing is sent
-twice.
+its log), never the node that keeps receiving studies. The child dies with the node: the
+Linux parent-death signal is set between fork and exec (before the child's interpreter
+runs, so even a child still importing torch is killed), and a child whose node died before
+that finds itself orphaned and kills itself. A node killed with ``kill -9`` therefore leaves
+no orphan writing results; on restart the job is still ``processing`` in the state and runs
+again from its fixed inputs (:meth:`State.resume_unfinished`). Nothing was in the outbox
+yet, so nothing is sent twice.
 
 Layout under ``<data_dir>/jobs/job-<id>/``: ``input/`` holds hard links (or copies) of the
 instances the job was given when it started, so a failed job keeps its exact inputs even
 when the study receives more; ``attempt-<n>/`` holds what run ``n`` wrote (labels, results,
-SEG, SR, ``process.log``).
+SEG, SR, ``process.log``, ``progress.jsonl``). While the child runs, its progress lines
+(:mod:`dicom_node.serve.progress`) become ``job.progress`` events of the node's log.
+The child runs with the node's umask (:mod:`dicom_node.node.permissions`), so what it
+writes is readable by the node's user and group only.
 
 Run as ``python -m dicom_node.serve.jobs INPUT OUTPUT [--config FILE] [--study UID]`` it is the
 child: the same code path as ``myonode process``.
@@ -20,6 +25,7 @@ child: the same code path as ``myonode process``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -34,13 +40,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dicom_node.node.log import log_event
+from dicom_node.node.permissions import UMASK, make_dir, open_private
 from dicom_node.node.state import Job, State
 from dicom_node.send.outbox import Outbox
+from dicom_node.serve.progress import ProgressReader, ProgressWriter
 
 log = logging.getLogger("myonode.jobs")
 
 MANIFEST = "manifest.json"
 EXIT_FAILED = 3
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Looked up in the node, once: the forked child must not load libraries before exec.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 class JobWorker:
@@ -104,7 +115,7 @@ class JobWorker:
         out_dir = self.job_dir(job.id) / f"attempt-{job.attempts}"
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
+        make_dir(out_dir)
         error = self._run_child(job, inputs, out_dir)
         if self._stop.is_set() and error is not None:
             log_event(log, "job.interrupted", job_id=job.id,
@@ -133,8 +144,7 @@ class JobWorker:
                   stage="processing", error=error)
 
     def _link_inputs(self, job: Job) -> Path:
-        folder = self.job_dir(job.id) / "input"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = make_dir(self.job_dir(job.id) / "input")
         for sop_uid, source in self.state.study_paths(job.study_uid, job.input_max_seq):
             target = folder / f"{sop_uid}.dcm"
             if target.exists():
@@ -147,18 +157,20 @@ class JobWorker:
 
     def _run_child(self, job: Job, inputs: Path, out_dir: Path) -> str | None:
         command = [self.python, "-m", "dicom_node.serve.jobs", str(inputs), str(out_dir),
-                   "--study", job.study_uid, "--parent", str(os.getpid())]
+                   "--study", job.study_uid]
         if self.pipeline_config is not None:
             command += ["--config", str(self.pipeline_config)]
         if self.rules_path is not None:
             command += ["--rules", str(self.rules_path)]
         log_path = out_dir / "process.log"
         started = self.clock()
-        with open(log_path, "wb") as log_file:
+        progress = ProgressReader(out_dir)
+        with open(open_private(log_path, os.O_WRONLY | os.O_TRUNC), "wb") as log_file:
             self._child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL)
+                                           stdin=subprocess.DEVNULL, umask=UMASK,
+                                           preexec_fn=_dies_with(os.getpid()))
             try:
-                code = self._wait_child()
+                code = self._wait_child(lambda: self._log_progress(job, progress))
             finally:
                 self._child = None
         if code == 0:
@@ -171,15 +183,22 @@ class JobWorker:
                     f"(out of memory?); log: {log_path}")
         return f"{_last_error(log_path)} (log: {log_path})"
 
-    def _wait_child(self) -> int | None:
-        """The child's exit code; None on timeout. Ends the child when the worker stops."""
+    def _log_progress(self, job: Job, progress: ProgressReader) -> None:
+        for entry in progress.new_entries():
+            log_event(log, "job.progress", job_id=job.id, attempt=job.attempts, **entry)
+
+    def _wait_child(self, on_tick: Callable[[], None]) -> int | None:
+        """The child's exit code; None on timeout. Ends the child when the worker stops.
+        ``on_tick`` runs while waiting, and once more when the child has ended."""
         assert self._child is not None
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
             try:
-                return self._child.wait(timeout=0.2)
+                code = self._child.wait(timeout=0.2)
+                on_tick()
+                return code
             except subprocess.TimeoutExpired:
-                pass
+                on_tick()
             if self._stop.is_set() or (deadline is not None and time.monotonic() > deadline):
                 self._child.terminate()
                 try:
@@ -240,18 +259,21 @@ def _last_error(log_path: Path) -> str:
 # -- the child ---------------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int | None) -> None:
-    """Ask Linux to kill this process when the node dies (no orphans after kill -9)."""
-    try:
-        import ctypes
+def _dies_with(node_pid: int) -> Callable[[], None] | None:
+    """What the forked child runs before exec: ask Linux to SIGKILL it when the node dies,
+    and kill itself if the node died already (after fork, before ``prctl``). Only the
+    ``prctl`` looked up in the node and ``os`` calls: no imports, no allocation of locks."""
+    if _PRCTL is None:
+        return None
+    prctl = _PRCTL
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except OSError:
-        return
-    if parent is not None and os.getppid() != parent:  # the node died before prctl
-        os._exit(EXIT_FAILED)
+    def tie() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != node_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return tie
 
 
 def child_main(argv: list[str] | None = None) -> int:
@@ -262,24 +284,29 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study")
     parser.add_argument("--config")
     parser.add_argument("--rules")
-    parser.add_argument("--parent", type=int)
     args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
+    progress = ProgressWriter(Path(args.output))
     try:
-        from myonode_config import load_yaml
-
-        from dicom_node.process import process_study, select_study
+        since = progress.start("imports")
+        from dicom_node.process import load_settings, process_study, select_study
         from dicom_node.study.dixon_roles import DixonRules
 
-        config = load_yaml(Path(args.config) if args.config else None, "pipeline.yaml")
+        settings = load_settings(Path(args.config) if args.config else None)
+        progress.finish("imports", since)
+        since = progress.start("reading")
         study = select_study(Path(args.input), DixonRules.load(args.rules), args.study)
+        progress.finish("reading", since)
         for warning in study.warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
-        result = process_study(study, Path(args.output), config)
+        since = progress.start("pipeline")
+        result = process_study(study, Path(args.output), settings, progress=progress)
+        progress.finish("pipeline", since)
     except Exception as exc:  # noqa: BLE001 - the child's last word: the job's error, traceback in its log
         traceback.print_exc()
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+    finally:
+        progress.close()
     if result.sr_path is None or not result.seg_paths:
         print("error: the pipeline wrote no SEG or SR", file=sys.stderr, flush=True)
         return EXIT_FAILED

@@ -15,11 +15,17 @@ Every step's progress lives in SQLite, so a restart (after a crash, ``kill -9`` 
 cut) goes on where the node stopped: jobs caught processing run again, deliveries continue.
 SIGTERM and SIGINT stop the node cleanly (the SCP first, so nothing is acknowledged that is
 not recorded). ``<data_dir>/node.json`` tells ``myonode status`` (and tests) the process id
-and the ports actually bound.
+and the ports actually bound. A listener that cannot bind ends the start with a
+:class:`ListenerError` naming the port and the setting to change.
+
+Everything under the data folder is readable by the node's user and group only
+(:mod:`dicom_node.node.permissions`): ``serve`` sets the umask for itself and its job
+children, and the start tightens what is already there.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -27,14 +33,17 @@ import signal
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client.core import GaugeMetricFamily
 
 from dicom_node.node.config import Destination, NodeConfig, load_node_config
 from dicom_node.node.log import log_event, setup_logging
-from dicom_node.node.metrics import MetricsServer, NodeMetrics, start_http
+from dicom_node.node.metrics import MetricsServer, NodeMetrics, bind_http
+from dicom_node.node.permissions import make_dir, restrict_umask, tighten
 from dicom_node.node.state import State
 from dicom_node.receive.scp import StorageSCP
 from dicom_node.receive.spool import Spool, StoredInstance
@@ -43,10 +52,33 @@ from dicom_node.send.scu import Peer
 from dicom_node.serve.completion import CompletionMonitor
 from dicom_node.serve.jobs import JobWorker
 from dicom_node.study.dixon_roles import DixonRules
+from inference.pipeline_config import load_pipeline_config
 
 log = logging.getLogger("myonode.serve")
 
 RUNTIME_FILE = "node.json"
+T = TypeVar("T")
+# What a bind can fail with that the site's config must change (in use, no such address,
+# a privileged port).
+_LISTEN_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+class ListenerError(RuntimeError):
+    """A listener of the node cannot bind: which one, where, and the setting to change."""
+
+
+def _listening(what: str, setting: str, bind: Callable[[], T], hint: str = "") -> T:
+    """``bind()``, with a bind failure turned into a :class:`ListenerError` about ``what``."""
+    try:
+        return bind()
+    except OSError as exc:
+        if exc.errno not in _LISTEN_ERRORS:
+            raise
+        reason = (exc.strerror or str(exc)).lower()
+        log_event(log, "node.cannot_listen", logging.ERROR, listener=what, error=reason,
+                  setting=setting)
+        raise ListenerError(f"cannot listen on {what}: {reason}; change {setting} in the "
+                            f"config{hint}") from None
 
 
 class NodeListener:
@@ -127,7 +159,8 @@ class Node:
     http: MetricsServer | None = None
 
     def start(self) -> None:
-        """Resume unfinished work, then start every service (the SCP last but one)."""
+        """Resume unfinished work, then start every service: the HTTP endpoint is bound
+        before the SCP, so a taken HTTP port stops the start before anything was received."""
         resumed = self.state.resume_unfinished()
         if resumed:
             log_event(log, "jobs.resumed", logging.WARNING, job_ids=resumed,
@@ -136,11 +169,17 @@ class Node:
             log_event(log, "outbox.no_destination", logging.WARNING,
                       message="no destination configured: results stay in the outbox "
                               f"({self.outbox.root}); add destinations to the config")
+        http = self.config.http
+        self.http = _listening(f"metrics/health HTTP port {http.port} on {http.host}",
+                               "http.port", lambda: bind_http(self.metrics, http),
+                               " (0 switches the endpoint off)")
         self.outbox.start()
         self.worker.start()
         self.monitor.start()
-        self.scp.start()
-        self.http = start_http(self.metrics, self.config.http)
+        _listening(f"DICOM port {self.config.port} on {self.config.host}", "node.port",
+                   self.scp.start)
+        if self.http is not None:
+            self.http.start()
         self._write_runtime()
         log_event(log, "node.ready", ae_title=self.config.ae_title, dicom_port=self.scp.port,
                   http_port=self.http.port if self.http else None,
@@ -168,9 +207,15 @@ class Node:
 
 
 def build_node(config: NodeConfig) -> Node:
-    """Every part of a node for ``config``, wired, not yet started."""
-    data_dir = Path(config.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Every part of a node for ``config``, wired, not yet started. The data folder is
+    tightened first (before the state opens it)."""
+    data_dir = make_dir(Path(config.data_dir))
+    tightened = tighten(data_dir)
+    if tightened:
+        log_event(log, "data_dir.tightened", logging.WARNING, paths=len(tightened),
+                  examples=[str(p) for p in tightened[:5]],
+                  message="folders and files open to others were restricted to the node's "
+                          "user and group")
     state = State.in_data_dir(data_dir)
     spool = Spool(data_dir / "spool")
     metrics = NodeMetrics(data_dir)
@@ -196,6 +241,8 @@ def build_node(config: NodeConfig) -> Node:
 def run_serve(config_paths: list[Path]) -> int:
     """Run the node until SIGTERM or SIGINT; the exit code of ``myonode serve``."""
     config = load_node_config(*config_paths)
+    load_pipeline_config(config.pipeline)  # a mistake there stops the node now, not each job
+    restrict_umask()  # before the log file, the state and the spool are created
     setup_logging(config.log)
     node = build_node(config)
     stop = threading.Event()

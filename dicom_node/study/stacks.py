@@ -24,6 +24,9 @@ SAME_POSITION_MM = 0.05
 SAME_STACK_OVERLAP = 0.8
 # Relative tolerance for slice spacing before a step counts as a gap or as irregular.
 SPACING_TOLERANCE = 0.1
+# A stack spans at most this many slice positions (thigh stacks have tens, whole-body series a
+# few hundred): positions far apart at a fine step would otherwise ask for a huge grid.
+MAX_SLICES = 4096
 
 
 @dataclass
@@ -52,7 +55,8 @@ def find_stacks(study_uid: str, frames: list[Frame]) -> StudyStacks:
     for key, group in _group_role_frames(dixon).items():
         role_stacks.extend(_split_role_group(key, group, warnings))
     clusters = _cluster(role_stacks, warnings)
-    stacks = [_build_stack(cluster, warnings) for cluster in clusters]
+    stacks = [stack for cluster in clusters
+              if (stack := _build_stack(cluster, warnings)) is not None]
     stacks.sort(key=lambda s: s.z_range_mm[0])
     for index, stack in enumerate(stacks):
         stack.index = index
@@ -167,13 +171,23 @@ def _slice_step(offsets: np.ndarray) -> float:
     return float(np.median(steps)) if len(steps) else 0.0
 
 
-def _build_stack(cluster: list[RoleStack], warnings: list[str]) -> Stack:
+def _build_stack(cluster: list[RoleStack], warnings: list[str]) -> Stack | None:
+    """The stack of one cluster; None (with a warning) when its slices do not fit one grid."""
     reference = cluster[0]
     first = reference.frames[0]
     lo = min(r.offsets[0] for r in cluster)
     hi = max(r.offsets[-1] for r in cluster)
     step = _slice_step(reference.offsets) or float(first.slice_thickness or 1.0)
-    n_slices = int(round((hi - lo) / step)) + 1
+    span = (hi - lo) / step if np.isfinite(hi - lo) and step > 0 else float("inf")
+    if not span < MAX_SLICES:
+        series = ", ".join(sorted({r.series_instance_uid for r in cluster}))
+        warnings.append(
+            f"series {series}: {sum(len(r.frames) for r in cluster)} slice(s) spread over "
+            f"{hi - lo:.6g} mm at a step of {step:.6g} mm (more than {MAX_SLICES} slice "
+            "positions); not used as a stack"
+        )
+        return None
+    n_slices = int(round(span)) + 1
     normal = _normal(first.orientation)
     origin = np.asarray(first.position) + (lo - reference.offsets[0]) * normal
     geometry = VolumeGeometry.from_orientation(
