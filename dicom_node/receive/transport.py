@@ -241,8 +241,14 @@ class GuardedSocket(AssociationSocket):
         return data
 
     def send(self, bytestream: bytes) -> None:
+        """Send with the read deadline; a socket already closed (the node stopping, or a
+        breach) is a closed transport, as pynetdicom treats a failed send."""
         if self.socket is not None:
-            self.socket.settimeout(self._limits.read_s)
+            try:
+                self.socket.settimeout(self._limits.read_s)
+            except OSError:
+                self.event_queue.put("Evt17")  # transport connection closed
+                return
         super().send(bytestream)
 
     def _check_header(self, header: bytearray, deadline: float) -> None:
