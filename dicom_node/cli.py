@@ -18,18 +18,22 @@ EXIT_BAD_INPUT = 2
 
 
 def _phantom(args: argparse.Namespace) -> int:
-    from dicom_node.phantom.study import PhantomOptions, make_phantom
+    from dicom_node.phantom.study import PhantomOptions, default_slices, make_phantom
 
     options = PhantomOptions(
         seed=args.seed,
         infiltration=args.infiltration,
         vendor=args.vendor,
         stacks=args.stacks,
-        slices=args.slices,
+        slices=args.slices if args.slices is not None else default_slices(
+            args.slice_thickness, args.slice_gap
+        ),
         matrix=args.matrix,
         overlap=args.overlap,
         snr=args.snr,
         oblique_deg=args.oblique,
+        slice_thickness=args.slice_thickness,
+        slice_gap=args.slice_gap,
     )
     started = time.perf_counter()
     paths = make_phantom(Path(args.out_dir), options)
@@ -100,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--vendor", choices=["siemens", "philips", "philips-enhanced", "ge"], default="siemens"
     )
     phantom.add_argument("--stacks", type=int, choices=[1, 2, 3], default=3)
-    phantom.add_argument("--slices", type=int, default=140, help="slices per stack")
+    phantom.add_argument(
+        "--slices", type=int, default=None,
+        help="slices per stack (default 140, or a 280 mm stack with --slice-thickness)",
+    )
     phantom.add_argument("--matrix", type=int, default=384, help="in-plane matrix size")
     phantom.add_argument(
         "--overlap", type=int, default=None, help="slices shared by neighbouring stacks"
@@ -108,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--snr", type=float, default=40.0, help="signal-to-noise ratio")
     phantom.add_argument(
         "--oblique", type=float, default=0.0, help="tilt of the slices in degrees"
+    )
+    phantom.add_argument(
+        "--slice-thickness", type=float, default=None, metavar="MM",
+        help="2D multi-slice protocol with slices this thick (default: the 3D stack)",
+    )
+    phantom.add_argument(
+        "--slice-gap", type=float, default=0.0, metavar="MM",
+        help="gap between 2D slices, edge to edge (spacing = thickness + gap)",
     )
     phantom.set_defaults(run=_phantom)
 

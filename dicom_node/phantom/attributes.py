@@ -135,11 +135,22 @@ class StackPlan:
     roles: list[str]  # written roles, in the vendor's series order
     scaled: ScaledStack
     acquired: tuple[str, str]  # (DA, TM) of the acquisition start
+    slice_thickness: float | None = None  # 2D multi-slice thickness (mm); None: 3D stack
 
     @property
     def station(self) -> int:
         """1-based stack number as it appears in protocol names."""
         return self.index + 1
+
+    @property
+    def acquisition_type(self) -> str:
+        """MR Acquisition Type: ``2D`` for multi-slice stacks, ``3D`` for contiguous slabs."""
+        return "3D" if self.slice_thickness is None else "2D"
+
+    @property
+    def thickness_mm(self) -> float:
+        """SliceThickness; a 3D stack's slices are as thick as they are apart."""
+        return self.geometry.spacing[0] if self.slice_thickness is None else self.slice_thickness
 
 
 def file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
@@ -194,17 +205,21 @@ def common_dataset(flavour: VendorFlavour, info: StudyInfo, sop_class_uid: str,
     return ds
 
 
-def mr_acquisition(ds: Dataset, flavour: VendorFlavour, geometry: VolumeGeometry) -> None:
-    """MR acquisition attributes shared by a stack's series (single-frame MR Image module)."""
+def mr_acquisition(ds: Dataset, flavour: VendorFlavour, plan: StackPlan) -> None:
+    """MR acquisition attributes shared by a stack's series (single-frame MR Image module).
+
+    SpacingBetweenSlices is centre to centre (PS3.3 C.8.3.1): thickness plus gap in 2D.
+    """
+    geometry = plan.geometry
     dz, dy, dx = geometry.spacing
     _, nj, ni = geometry.shape
     ds.ScanningSequence = list(flavour.scanning_sequence)
     ds.SequenceVariant = list(flavour.sequence_variant)
     ds.ScanOptions = list(flavour.scan_options)
-    ds.MRAcquisitionType = "3D"
+    ds.MRAcquisitionType = plan.acquisition_type
     ds.SequenceName = flavour.sequence_name
     ds.AngioFlag = "N"
-    ds.SliceThickness = ds_number(dz)
+    ds.SliceThickness = ds_number(plan.thickness_mm)
     ds.RepetitionTime = ds_number(flavour.repetition_time)
     ds.NumberOfAverages = "1"
     ds.ImagingFrequency = ds_number(flavour.imaging_frequency)

@@ -63,7 +63,7 @@ def _write_series(out_dir: Path, flavour: VendorFlavour, info: StudyInfo, plan: 
     ds = common_dataset(flavour, info, MRImageStorage, series_uid, series_number, description,
                         plan.station, flavour.acquisition_number(plan.index), plan.acquired)
     ds.AcquisitionDate, ds.AcquisitionTime = plan.acquired
-    mr_acquisition(ds, flavour, geometry)
+    mr_acquisition(ds, flavour, plan)
     ds.ImagesInAcquisition = nk * len(roles)
     ds.ImageOrientationPatient = ds_numbers(geometry.orientation)
     ds.ImageLaterality = "B"  # both thighs in every image

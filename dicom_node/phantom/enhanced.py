@@ -9,7 +9,6 @@ Sources are listed in ``dicom_node/phantom/flavours.py`` ([PHE], [DICOM]).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -34,9 +33,6 @@ from dicom_node.phantom.flavours import (
     PHILIPS_CREATOR_005,
     VendorFlavour,
 )
-
-if TYPE_CHECKING:
-    from common.geometry import VolumeGeometry
 
 LEGACY_BLOCK = Tag(0x2005, 0x140F)  # Philips per-frame private sequence (creator DD 005)
 IMAGE_TYPE_MR = Tag(0x2005, 0x1011)  # Philips "Image Type MR" (creator DD 001)
@@ -67,14 +63,14 @@ def write_enhanced_stack(out_dir: Path, flavour: VendorFlavour, info: StudyInfo,
     components = {label.complex_component for label in labels}
     _enhanced_mr_image(ds, flavour, acquired_dt,
                        components.pop() if len(components) == 1 else "MIXED")
-    _pulse_sequence(ds, flavour)
+    _pulse_sequence(ds, flavour, plan.acquisition_type)
     image_pixel(ds, flavour, nj, ni)
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     ds.PresentationLUTShape = "IDENTITY"
     ds.AcquisitionContextSequence = Sequence()
     _dimensions(ds, info.study_instance_uid, series_uid)
-    ds.SharedFunctionalGroupsSequence = Sequence([_shared_groups(flavour, geometry)])
+    ds.SharedFunctionalGroupsSequence = Sequence([_shared_groups(flavour, plan)])
     ds.PerFrameFunctionalGroupsSequence = Sequence(_per_frame_groups(flavour, plan, acquired_dt))
     ds.NumberOfFrames = nk * len(plan.roles)
     # Slice-major, role fastest: the frame order of Philips exports.
@@ -106,10 +102,10 @@ def _enhanced_mr_image(ds: Dataset, flavour: VendorFlavour, acquired_dt: str,
     ds.AcquisitionContrast = "T1"  # [DICOM]: no WATER/FAT term; the Dixon GRE is T1-weighted
 
 
-def _pulse_sequence(ds: Dataset, flavour: VendorFlavour) -> None:
-    """MR Pulse Sequence module: a 3D spoiled multi-echo gradient echo."""
+def _pulse_sequence(ds: Dataset, flavour: VendorFlavour, acquisition_type: str) -> None:
+    """MR Pulse Sequence module: a 3D (or 2D multi-slice) spoiled multi-echo gradient echo."""
     ds.PulseSequenceName = flavour.sequence_name
-    ds.MRAcquisitionType = "3D"
+    ds.MRAcquisitionType = acquisition_type
     ds.EchoPulseSequence = "GRADIENT"
     ds.MultiPlanarExcitation = "NO"
     ds.PhaseContrast = "NO"
@@ -157,13 +153,17 @@ def _item(**attributes: object) -> Sequence:
     return Sequence([item])
 
 
-def _shared_groups(flavour: VendorFlavour, geometry: VolumeGeometry) -> Dataset:
-    """Functional groups equal for every frame: grid, orientation, acquisition parameters."""
+def _shared_groups(flavour: VendorFlavour, plan: StackPlan) -> Dataset:
+    """Functional groups equal for every frame: grid, orientation, acquisition parameters.
+
+    Pixel Measures SpacingBetweenSlices is centre to centre: thickness plus gap in 2D.
+    """
+    geometry = plan.geometry
     dz, dy, dx = geometry.spacing
     nk, nj, ni = geometry.shape
     shared = Dataset()
     shared.PixelMeasuresSequence = _item(PixelSpacing=ds_numbers((dy, dx)),
-                                         SliceThickness=ds_number(dz),
+                                         SliceThickness=ds_number(plan.thickness_mm),
                                          SpacingBetweenSlices=ds_number(dz))
     shared.PlaneOrientationSequence = _item(
         ImageOrientationPatient=ds_numbers(geometry.orientation)
@@ -181,14 +181,16 @@ def _shared_groups(flavour: VendorFlavour, geometry: VolumeGeometry) -> Dataset:
                                              SpecificAbsorptionRateValue=0.85),
         OperatingModeSequence=_item(OperatingModeType="GRADIENT", OperatingMode="IEC_NORMAL"),
     )
-    shared.MRFOVGeometrySequence = _item(
+    fov = _item(
         InPlanePhaseEncodingDirection="COLUMN",
         MRAcquisitionFrequencyEncodingSteps=int(round(ni * 0.83)),
         MRAcquisitionPhaseEncodingStepsInPlane=int(round(nj * 0.73)),
-        MRAcquisitionPhaseEncodingStepsOutOfPlane=nk,
         PercentSampling="100",
         PercentPhaseFieldOfView=ds_number(100.0 * nj * dy / (ni * dx)),
     )
+    if plan.acquisition_type == "3D":  # Type 1C: only a 3D acquisition encodes out of plane
+        fov[0].MRAcquisitionPhaseEncodingStepsOutOfPlane = nk
+    shared.MRFOVGeometrySequence = fov
     shared.MRModifierSequence = _item(
         InversionRecovery="NO", FlowCompensation="NONE", Spoiling="RF_AND_GRADIENT",
         T2Preparation="NO", SpectrallySelectedExcitation="NONE", SpatialPresaturation="NONE",

@@ -5,6 +5,10 @@ slab of it with its own noise, coil falloff and DICOM series, so stitching can b
 against exact positions. The field of view stays that of the reference protocol (Huysmans
 2023: 384x384 at 1.2 mm, 140 slices of 2 mm per stack) when ``slices``/``matrix`` are reduced:
 small test studies cover the same anatomy at a coarser resolution.
+
+``slice_thickness`` switches to a 2D multi-slice protocol: slices of that thickness whose
+centres are ``slice_thickness + slice_gap`` apart, each the signal averaged over its slab
+(``inference/phantom/thick_slices.py``); the stitched grid is then the grid of slice centres.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dicom_node.phantom.writer import StackImages, write_study
 from inference.phantom.anatomy import PhantomVolumes, make_subject, render
 from inference.phantom.signals import dixon_magnitudes
 from inference.phantom.subject import Subject
+from inference.phantom.thick_slices import render_thick
 
 REFERENCE_MATRIX = 384
 REFERENCE_PIXEL_MM = 1.2
@@ -31,6 +36,8 @@ REFERENCE_SLICES = 140
 REFERENCE_SLICE_MM = 2.0
 # Overlap between neighbouring stacks: the seed's 3 stacks of 140 slices gave 355 slices.
 DEFAULT_OVERLAP_FRACTION = 0.23
+# Protocol options that, when unset, leave the study UIDs as they were before they existed.
+UID_NEUTRAL_DEFAULTS = {"slice_thickness": None, "slice_gap": 0.0}
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,23 @@ class PhantomOptions:
     overlap: int | None = None  # slices shared by neighbouring stacks
     snr: float = 40.0
     oblique_deg: float = 0.0  # tilt of the slices about the patient's left-right axis
+    slice_thickness: float | None = None  # mm; set for 2D multi-slice, None for the 3D stack
+    slice_gap: float = 0.0  # mm between neighbouring 2D slices (edge to edge)
+
+    @property
+    def multi_slice(self) -> bool:
+        """True for a 2D multi-slice protocol, False for the contiguous 3D stack."""
+        return self.slice_thickness is not None
+
+    def slice_spacing_mm(self) -> float:
+        """Centre-to-centre distance of the slices along the normal."""
+        if self.slice_thickness is None:
+            if self.slice_gap:
+                raise ValueError("--slice-gap needs --slice-thickness (a 2D protocol)")
+            return REFERENCE_SLICE_MM * REFERENCE_SLICES / self.slices
+        if not self.slice_thickness > 0 or not self.slice_gap >= 0:
+            raise ValueError("--slice-thickness must be > 0 and --slice-gap >= 0 mm")
+        return self.slice_thickness + self.slice_gap
 
     def overlap_slices(self) -> int:
         """Overlap in slices (default about 23% of a stack, as in the seed)."""
@@ -59,6 +83,14 @@ class PhantomOptions:
         return value
 
 
+def default_slices(slice_thickness: float | None, slice_gap: float = 0.0) -> int:
+    """Slices per stack when none are asked for: the reference stack's 280 mm length."""
+    if slice_thickness is None:
+        return REFERENCE_SLICES
+    length = REFERENCE_SLICE_MM * REFERENCE_SLICES
+    return max(4, int(round(length / (slice_thickness + slice_gap))))
+
+
 def stitched_grid(options: PhantomOptions, subject: Subject) -> VolumeGeometry:
     """The grid of all stacks together, centred on the subject's thighs."""
     if not 1 <= options.stacks <= 3:
@@ -66,7 +98,7 @@ def stitched_grid(options: PhantomOptions, subject: Subject) -> VolumeGeometry:
     if options.slices < 4 or options.matrix < 16:
         raise ValueError("a phantom needs at least 4 slices and a 16x16 matrix")
     pixel = REFERENCE_PIXEL_MM * REFERENCE_MATRIX / options.matrix
-    dz = REFERENCE_SLICE_MM * REFERENCE_SLICES / options.slices
+    dz = options.slice_spacing_mm()
     step = options.slices - options.overlap_slices()
     n_slices = step * (options.stacks - 1) + options.slices
     tilt = np.deg2rad(options.oblique_deg)
@@ -98,7 +130,9 @@ def stack_slabs(options: PhantomOptions) -> list[tuple[int, int]]:
 
 def study_info(options: PhantomOptions) -> StudyInfo:
     """Patient and study identity, derived from the options so reruns give the same UIDs."""
-    key = json.dumps(options.__dict__, sort_keys=True)
+    fields = {name: value for name, value in options.__dict__.items()
+              if name not in UID_NEUTRAL_DEFAULTS or value != UID_NEUTRAL_DEFAULTS[name]}
+    key = json.dumps(fields, sort_keys=True)
     return StudyInfo(
         patient_name=f"PHANTOM^THIGH^{options.seed}",
         patient_id=f"MYONODE-PH{options.seed:06d}",
@@ -156,6 +190,17 @@ def write_truth(out_dir: Path, volumes: PhantomVolumes, geometry: VolumeGeometry
         "right leg muscle n has label n, left leg muscle n has label 100 + n "
         "(n as in config/muscles.yaml); 0 is background"
     )
+    summary["slices"] = {
+        "acquisition": "2D" if options.multi_slice else "3D",
+        "thickness_mm": options.slice_thickness or geometry.spacing[0],
+        "spacing_mm": geometry.spacing[0],
+        "labels": "at each slice centre",
+        "ff": (
+            "noise-free FF of the signal averaged over each slice's thickness"
+            if options.multi_slice
+            else "noise-free FF at each voxel centre"
+        ),
+    }
     summary["phantom"] = dict(options.__dict__)
     with open(truth_dir / "truth.json", "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
@@ -165,7 +210,10 @@ def make_phantom(out_dir: Path, options: PhantomOptions) -> list[Path]:
     """Write one phantom study (DICOM files and truth) under ``out_dir``; returns the files."""
     subject = make_subject(options.seed, options.infiltration)  # type: ignore[arg-type]
     grid = stitched_grid(options, subject)
-    volumes = render(subject, grid)
+    if options.slice_thickness is None:
+        volumes = render(subject, grid)
+    else:
+        volumes = render_thick(subject, grid, options.slice_thickness)
     rng = np.random.default_rng([options.seed, 1])
     stacks = []
     for start, stop in stack_slabs(options):
@@ -173,8 +221,11 @@ def make_phantom(out_dir: Path, options: PhantomOptions) -> list[Path]:
             volumes.labels[start:stop], volumes.water[start:stop], volumes.fat[start:stop]
         )
         geometry = grid.sub_slab(start, stop)
-        images = dixon_magnitudes(slab, geometry, subject, rng, snr=options.snr)
-        stacks.append(StackImages(geometry=geometry, images=images))
+        # The falloff models a 3D slab's excitation profile; 2D slices are excited one by one.
+        images = dixon_magnitudes(slab, geometry, subject, rng, snr=options.snr,
+                                  stack_falloff=not options.multi_slice)
+        stacks.append(StackImages(geometry=geometry, images=images,
+                                  slice_thickness=options.slice_thickness))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = write_study(out_dir / "dicom", options.vendor, study_info(options), stacks, rng)
     write_truth(out_dir, volumes, grid, options)

@@ -42,6 +42,9 @@ class StackImages:
 
     geometry: VolumeGeometry  # this stack's grid (LPS), arrays are [k, j, i]
     images: dict[str, np.ndarray]  # role -> float32 [k, j, i]; magnitudes >= 0, FF in percent
+    # 2D multi-slice: each slice's thickness (mm, at most the spacing); None: a 3D stack whose
+    # slices are as thick as they are apart.
+    slice_thickness: float | None = None
 
 
 def write_study(out_dir: Path, vendor: str, info: StudyInfo, stacks: list[StackImages],
@@ -70,7 +73,8 @@ def write_study(out_dir: Path, vendor: str, info: StudyInfo, stacks: list[StackI
             )
         acquired = shifted_datetime(info.study_date, info.study_time,
                                     FIRST_STACK_S + STACK_INTERVAL_S * index)
-        plan = StackPlan(index, stack.geometry, roles, scaled, acquired)
+        plan = StackPlan(index, stack.geometry, roles, scaled, acquired,
+                         slice_thickness=stack.slice_thickness)
         if flavour.layout == "enhanced":
             paths.extend(write_enhanced_stack(out_dir, flavour, info, plan))
         else:
@@ -80,6 +84,12 @@ def write_study(out_dir: Path, vendor: str, info: StudyInfo, stacks: list[StackI
 
 def _check_stack(index: int, stack: StackImages) -> None:
     known = (*MAGNITUDE_ROLES, FAT_FRACTION)
+    thickness = stack.slice_thickness
+    if thickness is not None and not 0 < thickness <= stack.geometry.spacing[0] + 1e-6:
+        raise ValueError(
+            f"stack {index}: slice thickness {thickness} mm must be > 0 and at most the slice "
+            f"spacing {stack.geometry.spacing[0]} mm"
+        )
     if not stack.images:
         raise ValueError(f"stack {index} has no images")
     for role, values in stack.images.items():

@@ -5,6 +5,10 @@ role. Scanners put roles in one series (Philips) or one series per role (Siemens
 stacks are found by geometry, not by series: frames of one series, role and orientation form
 a *role stack*; role stacks whose slice ranges coincide form a stack. Stacks are numbered
 along the slice normal (index 0 lowest), which for axial thigh stacks means knee first.
+
+A stack's slice step is the median distance between its slice positions, never its
+SliceThickness: 2D multi-slice protocols whose spacing exceeds the thickness (10 mm slices
+20 mm apart) are regular stacks, and only positions missing from that step are gaps.
 """
 
 from __future__ import annotations
