@@ -13,7 +13,6 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +44,19 @@ from reporting.seg import (
 )
 from reporting.sr import build_report
 
-Progress = Callable[[str], None]
+
+class Progress:
+    """How ``process_study`` reports its steps: as lines on stderr (``myonode process``);
+    the node's job child also records them (:class:`dicom_node.serve.progress.ProgressWriter`)."""
+
+    def step_done(self, step: str, at_s: float) -> None:
+        """``step`` ended ``at_s`` seconds after the pipeline started."""
+        print(f"[{at_s:6.1f} s] {step} done", file=sys.stderr, flush=True)
+
+    def windows(self, model: str, fraction: float) -> None:
+        """The sliding window of ``model`` (li, hi) is ``fraction`` done."""
+        print(f"           {model}: {fraction * 100:3.0f}%", file=sys.stderr, flush=True)
+
 
 # Roles the FF map may need, besides the model's inputs.
 FF_ROLES = ("water", "fat", "fat_fraction", "in_phase", "out_of_phase")
@@ -159,22 +170,19 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _stderr_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def process_study(
     study: StudyStacks,
     out_dir: Path,
     settings: Settings,
     device: str | None = None,
-    progress: Progress = _stderr_progress,
+    progress: Progress | None = None,
 ) -> ProcessResult:
     """Stitch, segment, quantify and report one study; writes every output under ``out_dir``.
 
     ``settings`` come checked from :func:`load_settings`, before the study was read.
     """
     pipeline, package = settings.pipeline, settings.package
+    progress = progress or Progress()
     check_reportable(study, settings.reporting)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -182,7 +190,7 @@ def process_study(
     def step(name: str, since: float) -> float:
         now = time.perf_counter()
         timings[name] = round(now - since, 3)
-        progress(f"[{now - started:6.1f} s] {name} done")
+        progress.step_done(name, now - started)
         return now
 
     t = started
@@ -198,7 +206,7 @@ def process_study(
         tenth = int(fraction * 10)
         if tenth != last_reported[0]:
             last_reported[0] = tenth
-            progress(f"           {label}: {fraction * 100:3.0f}%")
+            progress.windows(label, fraction)
 
     segmentation = segment(
         {r: stitched.images[r] for r in stitched.images if r != "fat_fraction"},
@@ -282,5 +290,5 @@ def run_process(
     settings = load_settings(config_path)
     study = select_study(folder, DixonRules.load(rules_path), study_uid)
     for warning in study.warnings:
-        _stderr_progress(f"warning: {warning}")
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     return process_study(study, out_dir, settings, device=device)

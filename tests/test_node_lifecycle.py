@@ -127,8 +127,8 @@ def test_status_shows_the_step_a_job_in_progress_is_at(tmp_path, tiny_pipeline):
     progress = ProgressWriter(attempt)
     try:
         progress.finish("reading", progress.start("reading"))
-        progress("[   3.2 s] stitch done")
-        progress("           li: 40%")
+        progress.step_done("stitch", 3.2)
+        progress.windows("li", 0.4)
     finally:
         progress.close()
     report = node_status(load_node_config(node.config))

@@ -288,9 +288,15 @@ def child_main(argv: list[str] | None = None) -> int:
     progress = ProgressWriter(Path(args.output))
     try:
         since = progress.start("imports")
-        from dicom_node.process import load_settings, process_study, select_study
+        from dicom_node.process import (
+            Progress,
+            load_settings,
+            process_study,
+            select_study,
+        )
         from dicom_node.study.dixon_roles import DixonRules
 
+        progress.echo = Progress()
         settings = load_settings(Path(args.config) if args.config else None)
         progress.finish("imports", since)
         since = progress.start("reading")

@@ -8,36 +8,34 @@ it waits for the child and logs each as a ``job.progress`` event, and ``myonode 
 shows the last one of a job in progress. The pipeline's own progress messages stay in
 ``process.log`` as they were.
 
-A line: ``{"step", "status": "started" | "finished" | "running" | "note", "elapsed_s"}``
-(seconds since the child started), plus ``step_s`` (a finished step's duration),
-``percent`` (running) or ``message`` (a note, or a line this module cannot read).
+A line: ``{"step", "status": "started" | "finished" | "running", "elapsed_s"}`` (seconds
+since the child started), plus ``step_s`` (a finished step's duration) or ``percent``
+(running); a line that cannot be read comes back as status ``note`` with its ``message``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicom_node.node.permissions import make_dir, open_private
+
+if TYPE_CHECKING:  # the node imports this module; processing (and torch) only the child
+    from dicom_node.process import Progress
 
 PROGRESS_FILE = "progress.jsonl"
 FIELDS = ("step", "status", "elapsed_s", "step_s", "percent", "message")
 
-# What ``dicom_node.process.process_study`` reports: "[  12.3 s] stitch done" after each
-# step (seconds since the pipeline started), "           li: 40%" during segmentation.
-_STEP_DONE = re.compile(r"^\[\s*(?P<at>[\d.]+) s\] (?P<step>\S+) done$")
-_WINDOWS = re.compile(r"^\s*(?P<model>\w+):\s*(?P<percent>\d+)%$")
-
-
 class ProgressWriter:
-    """The child's side: ``step``/``finish`` for its own steps, and callable as the
-    ``progress`` callback of ``process_study`` (each message also goes to stderr)."""
+    """The child's side: ``start``/``finish`` for its own steps, and the ``progress`` of
+    ``process_study``; each report is also passed on to ``echo`` when set (the child's
+    stderr, which is the job's log; set once processing is imported)."""
 
     def __init__(self, folder: Path) -> None:
+        self.echo: Progress | None = None
         self.path = make_dir(Path(folder)) / PROGRESS_FILE
         self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
         self._started = time.monotonic()
@@ -57,19 +55,18 @@ class ProgressWriter:
         """A step of the child's own ended."""
         self._write(step, "finished", step_s=round(time.monotonic() - since, 1))
 
-    def __call__(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-        done = _STEP_DONE.match(message)
-        windows = _WINDOWS.match(message)
-        if done:
-            at = float(done["at"])
-            self._write(done["step"], "finished", step_s=round(at - self._pipeline_at, 1))
-            self._pipeline_at = at
-        elif windows:
-            self._write(f"segment {windows['model']}", "running",
-                        percent=int(windows["percent"]))
-        else:
-            self._write("pipeline", "note", message=message.strip())
+    def step_done(self, step: str, at_s: float) -> None:
+        """A pipeline step ended (see :class:`dicom_node.process.Progress`)."""
+        if self.echo is not None:
+            self.echo.step_done(step, at_s)
+        self._write(step, "finished", step_s=round(at_s - self._pipeline_at, 1))
+        self._pipeline_at = at_s
+
+    def windows(self, model: str, fraction: float) -> None:
+        """A model's sliding window advanced (see :class:`dicom_node.process.Progress`)."""
+        if self.echo is not None:
+            self.echo.windows(model, fraction)
+        self._write(f"segment {model}", "running", percent=round(fraction * 100))
 
     def close(self) -> None:
         os.close(self._fd)
