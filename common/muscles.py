@@ -1,4 +1,4 @@
-"""The thigh muscle table (codes, label numbers, SNOMED CT codes, colours) as typed objects.
+"""The muscle table (codes, regions, label numbers, SNOMED CT codes, colours) as typed objects.
 
 Every part of the pipeline that names a muscle or a label value goes through this table, so
 label arithmetic (right leg n, left leg offset + n) and coding live in exactly one place:
@@ -8,7 +8,7 @@ offending entry, because a wrong label map silently corrupts every downstream nu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from stdnum import verhoeff
 
 DEFAULT_NAME = "muscles.yaml"
 SIDES = ("right", "left")
+REGIONS = ("thigh", "calf")  # body regions (stations) a model segments, knee to hip / ankle to knee
 MAX_LABEL = 99
 MIN_LEFT_OFFSET = MAX_LABEL + 1
 # SNOMED CT partition identifiers of concept ids (short format "00", extension "10").
@@ -42,16 +43,36 @@ def is_concept_sctid(code: str) -> bool:
 
 @dataclass(frozen=True)
 class Muscle:
-    """One thigh muscle; ``snomed_code`` is None where no SNOMED CT concept was found."""
+    """One muscle; ``snomed_code`` is None where no SNOMED CT concept was found."""
 
     code: str
     name: str
+    region: str  # one of REGIONS
     label: int
     snomed_code: str | None
     snomed_meaning: str | None
     group_code: str
     group_meaning: str
     color: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class LabelGroup:
+    """One group of a coarser label set: the muscles it merges."""
+
+    code: str
+    name: str
+    members: tuple[str, ...]  # muscle codes
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """A coarser labelling derived from the muscles, as some publications segment them."""
+
+    name: str
+    region: str
+    source: str
+    groups: tuple[LabelGroup, ...]  # group n of the tuple has label n (left: offset + n)
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,37 @@ class MuscleTable:
     left_label_offset: int
     laterality: dict[str, tuple[str, str]]  # side -> (SCT code, meaning)
     category: tuple[str, str, str]  # (scheme, code, meaning)
+    label_sets: dict[str, LabelSet] = field(default_factory=dict)
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The regions that have muscles, in the order of REGIONS."""
+        present = {m.region for m in self.muscles}
+        return tuple(r for r in REGIONS if r in present)
+
+    def for_region(self, region: str) -> MuscleTable:
+        """The same table restricted to the muscles of ``region`` (labels unchanged)."""
+        if region not in REGIONS:
+            raise ValueError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
+        return MuscleTable(
+            tuple(m for m in self.muscles if m.region == region),
+            self.left_label_offset,
+            self.laterality,
+            self.category,
+            {k: v for k, v in self.label_sets.items() if v.region == region},
+        )
+
+    def group_labels(self, set_name: str) -> dict[int, int]:
+        """Combined muscle label -> combined label of its group in label set ``set_name``;
+        muscles outside every group are absent (their voxels become background)."""
+        if set_name not in self.label_sets:
+            raise KeyError(f"unknown label set {set_name!r}; known: {', '.join(self.label_sets)}")
+        mapping = {}
+        for n, group in enumerate(self.label_sets[set_name].groups, start=1):
+            for code in group.members:
+                mapping[self.label_of(code, "right")] = n
+                mapping[self.label_of(code, "left")] = n + self.left_label_offset
+        return mapping
 
     def by_code(self, code: str) -> Muscle:
         """The muscle with abbreviation ``code`` (e.g. "RF")."""
@@ -112,7 +164,8 @@ def load_muscles(path: str | Path | None = None) -> MuscleTable:
         raise MuscleConfigError(f"{where}: muscles must be a non-empty list")
     muscles = tuple(_parse_muscle(entry, i, where) for i, entry in enumerate(entries))
     _check_unique(muscles, where)
-    return MuscleTable(muscles, offset, laterality, category)
+    label_sets = _parse_label_sets(data.get("label_sets") or {}, muscles, where)
+    return MuscleTable(muscles, offset, laterality, category, label_sets)
 
 
 def _parse_muscle(entry: Any, index: int, where: str) -> Muscle:
@@ -126,6 +179,9 @@ def _parse_muscle(entry: Any, index: int, where: str) -> Muscle:
     name = _require(entry, "name", here)
     if not isinstance(name, str) or not name:
         raise MuscleConfigError(f"{here}: name must be a non-empty string")
+    region = _require(entry, "region", here)
+    if region not in REGIONS:
+        raise MuscleConfigError(f"{here}: region must be one of {', '.join(REGIONS)}, got {region!r}")
     label = _require(entry, "label", here)
     if not _is_int(label) or not 1 <= label <= MAX_LABEL:
         raise MuscleConfigError(
@@ -137,7 +193,46 @@ def _parse_muscle(entry: Any, index: int, where: str) -> Muscle:
     )
     group_code, group_meaning = _parse_code(_require(entry, "group", here), f"{here}: group")
     color = _parse_color(_require(entry, "color", here), here)
-    return Muscle(code, name, label, snomed_code, snomed_meaning, group_code, group_meaning, color)
+    return Muscle(code, name, region, label, snomed_code, snomed_meaning, group_code, group_meaning, color)
+
+
+def _parse_label_sets(value: Any, muscles: tuple[Muscle, ...], where: str) -> dict[str, LabelSet]:
+    if not isinstance(value, dict):
+        raise MuscleConfigError(f"{where}: label_sets must be a mapping of name -> label set")
+    region_of = {m.code: m.region for m in muscles}
+    result = {}
+    for name, entry in value.items():
+        here = f"{where}: label set {name!r}"
+        if not isinstance(entry, dict):
+            raise MuscleConfigError(f"{here} must be a mapping with region, source and groups")
+        region = _require(entry, "region", here)
+        if region not in REGIONS:
+            raise MuscleConfigError(f"{here}: region must be one of {', '.join(REGIONS)}, got {region!r}")
+        source = _require(entry, "source", here)
+        groups_raw = _require(entry, "groups", here)
+        if not isinstance(source, str) or not source:
+            raise MuscleConfigError(f"{here}: source must be a non-empty string")
+        if not isinstance(groups_raw, list) or not groups_raw:
+            raise MuscleConfigError(f"{here}: groups must be a non-empty list")
+        groups: list[LabelGroup] = []
+        seen: dict[str, str] = {}
+        for i, group in enumerate(groups_raw):
+            there = f"{here}: groups[{i}]"
+            if not isinstance(group, dict):
+                raise MuscleConfigError(f"{there} must be a mapping with code, name and members")
+            code, label_name = _require(group, "code", there), _require(group, "name", there)
+            members = _require(group, "members", there)
+            if not isinstance(members, list) or not members:
+                raise MuscleConfigError(f"{there}: members must be a non-empty list of muscle codes")
+            for member in members:
+                if region_of.get(member) != region:
+                    raise MuscleConfigError(f"{there}: {member!r} is not a {region} muscle")
+                if member in seen:
+                    raise MuscleConfigError(f"{there}: {member!r} is already in group {seen[member]!r}")
+                seen[member] = code
+            groups.append(LabelGroup(str(code), str(label_name), tuple(members)))
+        result[str(name)] = LabelSet(str(name), region, source, tuple(groups))
+    return result
 
 
 def _parse_code(value: Any, here: str) -> tuple[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 
 import pytest
 import yaml
@@ -22,6 +23,10 @@ EXPECTED_ORDER = [
     "RF", "VL", "VM", "VI", "PC", "AB", "AL", "AM", "BFL",
     "BFB", "ST", "SM", "SR", "TFL", "GC", "Gma", "Gme", "Gmi",
 ]
+
+
+# Every muscle of the lower leg, knee to ankle, in label order (labels 19..30).
+CALF_MUSCLES = ["TA", "EDL", "EHL", "PL", "PB", "TP", "FDL", "FHL", "SOL", "MG", "LG", "POP"]
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +49,57 @@ def all_sctids(table) -> list[str]:
     return found
 
 
-def test_eighteen_muscles_in_table_1_order(table):
-    assert [m.code for m in table.muscles] == EXPECTED_ORDER
-    assert [m.label for m in table.muscles] == list(range(1, 19))
+def test_eighteen_thigh_muscles_in_table_1_order(table):
+    thigh = table.for_region("thigh")
+    assert [m.code for m in thigh.muscles] == EXPECTED_ORDER
+    assert [m.label for m in thigh.muscles] == list(range(1, 19))
     assert all(m.name for m in table.muscles)
 
 
+def test_every_calf_muscle_follows_with_its_own_label(table):
+    calf = table.for_region("calf")
+    assert [m.code for m in calf.muscles] == CALF_MUSCLES
+    assert [m.label for m in calf.muscles] == list(range(19, 31))
+    assert table.regions == ("thigh", "calf")
+    assert table.for_region("calf").label_sets.keys() == {"rohm2021"}
+    assert table.for_region("thigh").label_sets == {}
+    with pytest.raises(ValueError, match="region must be one of thigh, calf"):
+        table.for_region("arm")
+
+
+def test_rohm_seven_groups_derive_from_the_calf_muscles(table):
+    groups = table.label_sets["rohm2021"].groups
+    assert [g.code for g in groups] == ["GL", "GM", "SOL", "TA", "PER", "EDL", "TP"]
+    mapping = table.group_labels("rohm2021")
+    assert mapping[table.label_of("PL", "right")] == mapping[table.label_of("PB", "right")] == 5
+    assert mapping[table.label_of("EHL", "left")] == table.left_label_offset + 6
+    for code in ("FDL", "FHL", "POP", "RF"):  # not segmented by Rohm 2021
+        assert table.label_of(code, "right") not in mapping
+    assert sorted(set(mapping.values())) == [*range(1, 8), *range(101, 108)]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["muscles"][0].pop("region"), "muscle 'RF' (muscles[0]): missing field 'region'"),
+        (lambda d: d["muscles"][0].update(region="hip"), "region must be one of thigh, calf, got 'hip'"),
+        (lambda d: d["label_sets"]["rohm2021"]["groups"][0]["members"].append("RF"),
+         "groups[0]: 'RF' is not a calf muscle"),
+        (lambda d: d["label_sets"]["rohm2021"]["groups"][1]["members"].append("LG"),
+         "groups[1]: 'LG' is already in group 'GL'"),
+    ],
+)
+def test_region_and_label_set_errors_name_the_entry(raw, tmp_path, edit, message):
+    edit(raw)
+    path = tmp_path / "muscles.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(MuscleConfigError, match=re.escape(message)):
+        load_muscles(path)
+
+
 def test_codes_labels_and_snomed_codes_are_unique(table):
-    assert len({m.code for m in table.muscles}) == 18
-    assert len({m.label for m in table.muscles}) == 18
+    assert len({m.code for m in table.muscles}) == 30
+    assert len({m.label for m in table.muscles}) == 30
     own = [m.snomed_code for m in table.muscles if m.snomed_code is not None]
     assert len(own) == len(set(own))
 
@@ -105,9 +152,10 @@ def test_label_round_trip(table, side):
 
 def test_combined_labels_cover_both_legs(table):
     labels = table.combined_labels()
-    assert sorted(labels) == list(range(1, 19)) + list(range(101, 119))
+    assert sorted(labels) == list(range(1, 31)) + list(range(101, 131))
     assert labels[7] == ("AL", "right")
     assert labels[118] == ("Gmi", "left")
+    assert labels[128] == ("MG", "left")
 
 
 def test_lookup_errors(table):
@@ -115,7 +163,7 @@ def test_lookup_errors(table):
         table.by_code("XX")
     with pytest.raises(ValueError, match="side must be"):
         table.label_of("RF", "both")
-    for label in (0, 19, 100, 119):
+    for label in (0, 31, 100, 131):
         with pytest.raises(ValueError, match="not a muscle label"):
             table.decode(label)
 

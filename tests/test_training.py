@@ -83,7 +83,7 @@ def test_training_writes_a_package_that_loads(straight):
     _, out, lines = straight
     package = ModelPackage.load(out)
     assert set(package.models) == {"li", "hi"} and package.hi_threshold_ff_pct == 20.0
-    assert package.spacing_mm == (20.0, 12.0, 12.0) and len(package.labels) == 18
+    assert package.spacing_mm == (20.0, 12.0, 12.0) and len(package.labels) == 18  # the thigh muscles only
     nets = package.build_networks()
     assert len(nets["li"]) == len(nets["hi"]) == 1
     card = (out / "MODEL_CARD.md").read_text()

@@ -34,7 +34,9 @@ def package_template(config: TrainingConfig) -> ModelPackage:
         source = ModelPackage.load(config.init_package)
         for key in ("labels", "inputs", "spacing_mm", "patch_size", "network"):
             spec[key] = source.to_dict()[key]
-    labels = spec.get("labels") or [m.code for m in load_muscles().muscles]
+    # The default label set is every muscle of the model's region (config/muscles.yaml).
+    region_muscles = load_muscles().for_region(spec.get("anatomy", "thigh")).muscles
+    labels = spec.get("labels") or [m.code for m in region_muscles]
     network = dict(spec.get("network") or {})
     network.setdefault("in_channels", len(spec.get("inputs") or []))
     network.setdefault("num_classes", len(labels) + 1)
