@@ -79,7 +79,9 @@ def test_defaults_are_those_of_the_embedded_file() -> None:
         core=data["quantification"]["core"],
     )
     assert load_pipeline_config() == PipelineConfig(
-        None, "auto", 0.5, None, ("water_fat", "fat_fraction", "ip_op"), "percent", True, "3d"
+        None, "auto", 0.5, None,
+        ("water_fat", "fat_fraction", "complex_echoes", "magnitude_echoes", "ip_op"),
+        "percent", True, "3d",
     )
 
 

@@ -169,6 +169,6 @@ def test_works_with_the_muscle_table_labels():
     names = load_muscles().combined_labels()
     labels, ff = volumes()
     result = quantify(labels, ff, SPACING, names)
-    assert len(result.muscles) == 36
+    assert len(result.muscles) == 2 * len(load_muscles().muscles)  # every muscle, both sides
     found = {(m.code, m.side): m.voxels for m in result.muscles if m.voxels}
     assert found == {("RF", "right"): 80, ("RF", "left"): 40, ("AL", "right"): 1}  # label 7 is AL here
