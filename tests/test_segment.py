@@ -21,7 +21,7 @@ from inference.resample import (
 )
 from inference.segment import LegInputs, labels_on_input, required_images, segment
 
-CODES = tuple(m.code for m in load_muscles().muscles)
+CODES = tuple(m.code for m in load_muscles().for_region("thigh").muscles)
 PERCENTILE = {"lower_pct": 0.5, "upper_pct": 99.5, "scale": 1.0, "clip": True}
 LI_CLASS, HI_CLASS = 3, 5  # what the hand-made LI and HI networks predict everywhere
 

@@ -1,15 +1,17 @@
-"""Synthetic two-leg thigh anatomy, knee to hip, as label, water and fat volumes.
+"""Synthetic two-leg anatomy, ankle to hip, as label, water and fat volumes.
 
 A test phantom must make a segmentation model earn its result the way real Dixon images do:
 healthy muscles have the same intensity and are told apart only by thin fat septa and by their
 place in the anatomy, fat-replaced muscles blend into the fat around them, and subjects differ
-in size, shape, rotation, position and fat. Everything random about a subject is drawn once
-from its seed into a :class:`Subject`; :func:`render` then samples the anatomy on any voxel
-grid, so the same subject gives the same truth whatever the stacks or their orientation.
+in sex, age, size, body fat, shape, rotation, position and fat replacement. Everything random
+about a subject is drawn once from its seed into a :class:`Subject`; :func:`render` then
+samples the anatomy on any voxel grid, so the same subject gives the same truth whatever the
+stacks or their orientation.
 
 Patient coordinates are DICOM LPS mm. The knee joint line is at ``z = 0``; the anatomy runs
-from the tibial plateau (about 40 mm below it) to the lower abdomen (about 640 mm above it,
-scaled by the subject's length), see :attr:`Subject.z_range_mm`. At mid-thigh the thighs are
+from the sole (about 470 mm below it) to the lower abdomen (about 640 mm above it), scaled by
+the subject's length; :func:`region_z_range_mm` gives the thigh (knee to hip,
+:attr:`Subject.z_range_mm`) and the calf (ankle to just above the knee). At mid-thigh the thighs are
 centred at ``x`` about +-(85..125) mm (patient right is negative ``x``) and ``y`` about
 10..25 mm; the scanner table (posterior skin) is at ``y`` about 110 mm; the hips span about
 +-200 mm in ``x`` and -110..110 mm in ``y``.
@@ -24,13 +26,16 @@ import numpy as np
 from scipy import ndimage
 
 from common.geometry import VolumeGeometry
+from inference.phantom import population
+from inference.phantom.atlas import CELLS
+from inference.phantom.calf_layout import CALF_BOTTOM_H, CALF_TOP_H
 from inference.phantom.fields import draw_waves
 from inference.phantom.infiltration import Infiltration, draw_fat_parameters
-from inference.phantom.layout import CELLS
-from inference.phantom.section import SectionRenderer, muscle_structures
+from inference.phantom.leg import muscle_structures
+from inference.phantom.section import SectionRenderer
 from inference.phantom.subject import Subject
 
-__all__ = ["PhantomVolumes", "make_subject", "render"]
+__all__ = ["PhantomVolumes", "make_subject", "region_z_range_mm", "render"]
 
 
 @dataclass
@@ -47,38 +52,55 @@ def make_subject(seed: int, infiltration: Infiltration) -> Subject:
     if infiltration not in ("low", "high"):
         raise ValueError(f"infiltration must be 'low' or 'high', not {infiltration!r}")
     rng = np.random.default_rng([seed, 0])
+    person = population.draw_person(rng)
+    body = population.body_factors(rng, person)
     jitter = np.empty((2, len(CELLS), 6))
     common_shift = rng.normal(0.0, 2.5, (len(CELLS), 2))
-    structures = sorted({cell.name for cell in CELLS})
+    structures = sorted({c.name for c in CELLS})
     common_size = {name: rng.lognormal(0.0, 0.08) for name in structures}
+    aged = [population.age_size_factor(c.name, c.code, person["age_years"])
+            if c.tissue == "muscle" else 1.0 for c in CELLS]
     for side in range(2):
         jitter[side, :, 0:2] = common_shift + rng.normal(0.0, 1.0, (len(CELLS), 2))
-        jitter[side, :, 2] = [common_size[c.name] * (1 + rng.normal(0.0, 0.03)) for c in CELLS]
+        jitter[side, :, 2] = [common_size[c.name] * aged[i] * (1 + rng.normal(0.0, 0.03))
+                              for i, c in enumerate(CELLS)]
         jitter[side, :, 3] = rng.uniform(0.0, 2.5, len(CELLS))  # wobble amplitude mm
         jitter[side, :, 4] = rng.uniform(120.0, 300.0, len(CELLS))  # wobble wavelength mm
         jitter[side, :, 5] = rng.uniform(0.0, 2.0 * np.pi, len(CELLS))  # wobble phase
-    anatomy = dict(
-        length_scale=float(rng.uniform(0.93, 1.04)),
-        girth_scale=float(rng.uniform(0.9, 1.1)),
-        leg_scale=tuple(float(v) for v in 1.0 + rng.uniform(-0.03, 0.03, 2)),
-        subcutaneous_mm=float(np.clip(rng.lognormal(np.log(13.0), 0.4), 5.0, 32.0)),
-        subcutaneous_shape=(float(rng.uniform(0.1, 0.5)), float(rng.uniform(0.0, 0.35))),
-        rotation_deg=tuple(float(v) for v in rng.uniform(-4.0, 15.0, 2)),
-        abduction_deg=tuple(float(v) for v in rng.uniform(-1.0, 3.0, 2)),
-        knee_lift_mm=tuple(float(v) for v in rng.normal(0.0, 6.0, 2)),
-        offset_mm=(float(rng.uniform(-15.0, 15.0)), float(rng.uniform(-10.0, 10.0))),
-        septum_mm=float(rng.uniform(0.6, 1.2)),
-        bladder_fill=float(rng.uniform(0.5, 1.2)),
-    )
+    anatomy = {
+        "leg_scale": tuple(float(v) for v in 1.0 + rng.uniform(-0.03, 0.03, 2)),
+        "subcutaneous_shape": (float(rng.uniform(0.1, 0.5)), float(rng.uniform(0.0, 0.35))),
+        "rotation_deg": tuple(float(v) for v in np.clip(rng.uniform(-4.0, 15.0)
+                                                        + rng.normal(0.0, 3.0, 2), -6.0, 18.0)),
+        "abduction_deg": tuple(float(v) for v in rng.uniform(-1.0, 3.0, 2)),
+        "knee_lift_mm": tuple(float(v) for v in rng.normal(0.0, 6.0, 2)),
+        "offset_mm": (float(rng.uniform(-15.0, 15.0)), float(rng.uniform(-10.0, 10.0))),
+        "bladder_fill": float(rng.uniform(0.5, 1.2)),
+        "calf_ratio": float(np.clip(rng.normal(1.0, 0.025), 0.94, 1.06)),
+        "calf_spread_deg": tuple(float(v) for v in rng.uniform(-1.5, 2.5, 2)),
+        "fascia_mm": float(rng.uniform(0.5, 0.9)),
+        "texture": float(rng.uniform(0.015, 0.04)),
+    }
     waves = draw_waves(rng)
     bias = rng.normal(0.0, 1.0, 12)
     fat_rng = np.random.default_rng([seed, 1, 0 if infiltration == "low" else 1])
     disease, stage, fat_params = draw_fat_parameters(
-        fat_rng, infiltration, tuple(code for _, code in muscle_structures()))
+        fat_rng, infiltration, tuple(code for _, code in muscle_structures()),
+        person["age_years"])
     for array in (jitter, fat_params, waves, bias):
         array.flags.writeable = False
     return Subject(seed=seed, infiltration=infiltration, disease=disease, stage=stage,
-                   cell_jitter=jitter, fat_params=fat_params, waves=waves, bias=bias, **anatomy)
+                   cell_jitter=jitter, fat_params=fat_params, waves=waves, bias=bias,
+                   **person, **body, **anatomy)
+
+
+def region_z_range_mm(subject: Subject, region: str) -> tuple[float, float]:
+    """LPS z (low, high) of a region: "thigh" knee to hip, "calf" ankle to just above the knee."""
+    if region == "thigh":
+        return subject.z_range_mm
+    if region == "calf":
+        return (subject.z_at(CALF_BOTTOM_H), subject.z_at(CALF_TOP_H))
+    raise ValueError(f"region must be 'thigh' or 'calf', not {region!r}")
 
 
 def render(subject: Subject, geometry: VolumeGeometry) -> PhantomVolumes:

@@ -1,13 +1,17 @@
-"""Bones of the phantom as signed distance functions: femur, patella, tibia, pelvis, sacrum.
+"""Bones of the phantom as signed distance functions: femur, patella, tibia, fibula, the ankle
+and heel bones, pelvis, sacrum; and the tendons.
 
 Bone matters to a segmentation model as the dark cortex ring with bright fatty marrow that the
 muscles wrap around, and as the landmarks that tell the levels apart (condyles and patella at
-the knee, femoral head and acetabulum at the hip). Each bone is a union of simple primitives
+the knee, femoral head and acetabulum at the hip, tibia and fibula along the calf, malleoli at
+the ankle). Each bone is a union of simple primitives
 (ellipsoids, capsules, a stack of elliptical shaft sections) whose approximate signed distance
 gives the cortex as a shell of given thickness and partial volume at its edges.
 
 Coordinates are nominal mm in the frames of ``layout.py``: ``(a, p, h)`` of the right leg (or,
-for the midline bones, ``a`` = distance from the body midline).
+for the midline bones, ``a`` = distance from the body midline). Lower-leg sizes: an average
+adult tibia is about 22 x 28 mm at mid-shaft with a 4-5 mm cortex and a plateau about 80 mm
+wide; the fibula about 13 x 14 mm, nearly all cortex in its middle third.
 """
 
 from __future__ import annotations
@@ -116,7 +120,8 @@ class ShaftStack:
 
     sections: tuple[tuple[float, float, float, float, float], ...]
 
-    def _section(self, h: float) -> tuple[float, float, float, float] | None:
+    def section(self, h: float) -> tuple[float, float, float, float] | None:
+        """Centre ``(a, p)`` and semi-axes of the section at ``h``, or None outside the shaft."""
         table = np.asarray(self.sections)
         if not table[0, 0] < h < table[-1, 0]:
             return None
@@ -126,13 +131,13 @@ class ShaftStack:
         return values[0], values[1], values[2], values[3]
 
     def footprint(self, h: float) -> tuple[float, float, float] | None:
-        section = self._section(h)
+        section = self.section(h)
         if section is None:
             return None
         return section[0], section[1], max(section[2:])
 
     def sdf(self, a: np.ndarray, p: np.ndarray, h: float) -> np.ndarray:
-        ca, cp, sa, sp = self._section(h)  # type: ignore[misc]
+        ca, cp, sa, sp = self.section(h)  # type: ignore[misc]
         qa, qp = a - ca, p - cp
         k0 = np.sqrt((qa / sa) ** 2 + (qp / sp) ** 2)
         k1 = np.sqrt((qa / sa**2) ** 2 + (qp / sp**2) ** 2)
@@ -207,12 +212,38 @@ PATELLA = Bone("patella", "leg", (Ellipsoid((2, -37, 38), (21, 9, 23)),),
 TIBIA = Bone(
     "tibia", "leg",
     (
-        ShaftStack(((-80, 0, 10, 20, 18), (-60, 0, 10, 22, 20), (-40, 0, 8, 30, 24),
-                    (-25, 0, 6, 37, 27), (-13, 0, 5, 40, 28), (-11, 0, 5, 0, 0))),
-        Ellipsoid((32, 22, -35), (10, 10, 14)),  # fibular head
+        ShaftStack(((-392, -5, 10, 0, 0), (-390, -5, 10, 23, 18), (-375, -5, 9, 20, 16.5),
+                    (-350, -5, 8, 16, 14.5), (-300, -4, 7, 13, 13), (-250, -4, 6, 12, 13.5),
+                    (-200, -4, 6, 11.5, 14), (-150, -3, 7, 12.5, 15), (-100, -2, 8, 16, 16.5),
+                    (-80, -1, 9, 20, 18), (-60, 0, 10, 23, 20), (-40, 0, 8, 30, 24),
+                    (-25, 0, 6, 37, 27), (-10, 0, 5, 40, 28), (-8, 0, 5, 0, 0))),
+        Ellipsoid((-22, 10, -400), (8, 11, 16)),  # medial malleolus
     ),
-    ((-80, 1.2), (0, 1.2)), ((-80, 0.9), (0, 0.9)),
+    ((-420, 1.2), (-370, 1.5), (-300, 4.5), (-150, 4.5), (-80, 1.5), (-40, 1.2), (0, 1.2)),
+    ((-420, 0.9), (0, 0.9)),
 )
+FIBULA = Bone(
+    "fibula", "leg",
+    (
+        ShaftStack(((-432, 32, 25, 0, 0), (-430, 32, 25, 8, 9), (-410, 32, 24, 10, 11.5),
+                    (-385, 32, 23, 9, 10), (-350, 31, 24, 7.5, 8), (-300, 30, 25, 6.5, 7),
+                    (-200, 30, 26, 6.5, 7), (-100, 31, 26, 7, 7.5), (-55, 31, 24, 7, 7),
+                    (-45, 32, 22, 0, 0))),
+        Ellipsoid((32, 25, -418), (10, 12, 16)),  # lateral malleolus
+        Ellipsoid((33, 20, -35), (11, 11, 13)),  # head
+    ),
+    ((-440, 1.2), (-380, 1.5), (-330, 2.8), (-80, 2.8), (-50, 1.5), (0, 1.2)),
+    ((-440, 0.9), (0, 0.9)),
+)
+# Ankle and foot bones (supine: the foot points anteriorly, the heel rests on the table).
+TALUS = Bone("talus", "leg", (Ellipsoid((4, 12, -408), (20, 24, 14)),
+                              Ellipsoid((4, -22, -418), (13, 14, 12))),
+             ((-480, 1.0), (-380, 1.0)), ((-480, 0.85), (-380, 0.85)))
+CALCANEUS = Bone("calcaneus", "leg", (Ellipsoid((6, 20, -445), (17, 34, 17)),),
+                 ((-480, 1.0), (-380, 1.0)), ((-480, 0.85), (-380, 0.85)))
+MIDFOOT = Bone("midfoot", "leg", (Ellipsoid((4, -45, -440), (28, 22, 16)),
+                                  Ellipsoid((2, -100, -456), (30, 42, 8))),
+               ((-480, 1.0), (-380, 1.0)), ((-480, 0.85), (-380, 0.85)))
 # Hip bone, right side; the acetabulum cups the femoral head with a ~2.5 mm joint space.
 HIP_BONE = Bone(
     "hip_bone", "pelvis",
@@ -243,7 +274,7 @@ SACRUM = Bone(
     ),
     ((0, 1.2), (640, 1.2)), ((0, 0.5), (640, 0.5)),
 )
-LEG_BONES = (FEMUR, PATELLA, TIBIA, HIP_BONE)
+LEG_BONES = (FEMUR, PATELLA, TIBIA, FIBULA, TALUS, CALCANEUS, MIDFOOT, HIP_BONE)
 MIDLINE_BONES = (SACRUM,)
 
 # The L5-S1 intervertebral disc (water-rich fibrocartilage).
@@ -253,5 +284,18 @@ DISC = Ellipsoid((0, 38, 610), (24, 18, 5))
 TENDONS = (
     Capsule((0, -40, 60), (0, -36, 110), 5.0),  # quadriceps tendon
     Capsule((0, -43, 16), (0, -36, -50), 4.5),  # patellar tendon
+    # Achilles tendon: a wide thin aponeurosis on the soleus that narrows to the heel.
+    ShaftStack(((-446, 6, 55, 0, 0), (-444, 6, 55, 9, 4), (-430, 6, 56, 9, 4.5),
+                (-380, 7, 57, 8, 4), (-320, 8, 60, 9, 3), (-260, 8, 62, 12, 1.5),
+                (-230, 8, 63, 0, 0))),
+    Capsule((10, -12, -290), (-2, -22, -400), 3.0),  # tibialis anterior
+    Capsule((16, -8, -372), (8, -22, -410), 2.0),  # extensor hallucis longus
+    Capsule((24, -4, -335), (18, -20, -410), 2.5),  # extensor digitorum longus
+    Capsule((43, 24, -245), (36, 34, -420), 2.5),  # peroneus longus
+    Capsule((36, 33, -370), (34, 35, -425), 2.5),  # peroneus brevis
+    Capsule((0, 26, -318), (-20, 20, -415), 2.5),  # tibialis posterior
+    Capsule((-9, 27, -340), (-17, 26, -415), 2.0),  # flexor digitorum longus
+    Capsule((12, 34, -380), (6, 30, -430), 2.5),  # flexor hallucis longus
 )
 HIP_JOINT = Ellipsoid(HIP_CENTRE, (HEAD_RADIUS + 3.0,) * 3)
+KNEE_JOINT = Ellipsoid((0, 5, -7), (40, 24, 5))  # articular cartilage and menisci

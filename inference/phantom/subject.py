@@ -21,7 +21,7 @@ class Subject:
     seed: int
     infiltration: Infiltration
     length_scale: float  # thigh length relative to the nominal anatomy
-    girth_scale: float  # muscle and bone cross-section size relative to nominal
+    girth_scale: float  # bone and frame cross-section size relative to nominal
     leg_scale: tuple[float, float]  # (right, left) extra size factor: left/right asymmetry
     subcutaneous_mm: float  # subcutaneous fat thickness at mid-thigh
     subcutaneous_shape: tuple[float, float]  # extra medial and posterior fat (fractions)
@@ -38,8 +38,27 @@ class Subject:
     fat_params: np.ndarray = field(compare=False, repr=False)  # [2, n_structures, 5]
     waves: np.ndarray = field(compare=False, repr=False)  # fields.draw_waves
     bias: np.ndarray = field(compare=False, repr=False)  # signals.bias_field coefficients
+    # Who the subject is, and what follows from it (defaults: a nominal adult).
+    sex: str = "F"  # "F" or "M"
+    age_years: float = 45.0
+    height_m: float = 1.70
+    bmi: float = 24.0  # body mass index, kg/m^2
+    muscle_bulk: float = 1.0  # muscle cross-section size (linear) relative to nominal
+    calf_ratio: float = 1.0  # lower-leg length relative to the thigh's scaling
+    calf_spread_deg: tuple[float, float] = (0.0, 0.0)  # lower legs turned outwards at the knee
+    fascia_mm: float = 0.7  # thickness of the deep fascia and the intermuscular septa
+    streaks: float = 0.0  # intramuscular fat septa, 0 (none) .. 1 (many and thick)
+    texture: float = 0.0  # relative amplitude of the muscle's water-signal texture
 
     @property
     def z_range_mm(self) -> tuple[float, float]:
         """LPS z of the knee end (tibial plateau) and of the top of the anatomy."""
-        return (H_BOTTOM * self.length_scale, H_TOP * self.length_scale)
+        return (self.z_at(H_BOTTOM), self.z_at(H_TOP))
+
+    def z_at(self, h: float) -> float:
+        """LPS z of nominal height ``h`` (the lower leg has its own length factor)."""
+        return h * self.length_scale * (self.calf_ratio if h < 0 else 1.0)
+
+    def h_at(self, z: float) -> float:
+        """Nominal height of LPS ``z`` (inverse of :meth:`z_at`)."""
+        return z / (self.length_scale * (self.calf_ratio if z < 0 else 1.0))
