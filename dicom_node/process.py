@@ -5,6 +5,12 @@ the node does with a received study. Its settings (``config/pipeline.yaml`` or a
 ``config/reporting.yaml`` and the model package they name) are loaded and checked before the
 study is read (:func:`load_settings`), and what would make the SEG impossible before it is
 segmented (:func:`reporting.seg.check_reportable`), so a mistake costs seconds, not a run.
+
+A study of echo images only is processed like any other: its echoes are stitched and handed
+to the FF methods as an ``EchoSet`` when an echo source comes first in ``fat_fraction.prefer``
+(:func:`needs_echoes`), the model gets the echoes that stand in for in/out-of-phase, the SEGs
+reference the in-phase echo when there is no water image (:func:`reporting_for`), and
+results.json records how the FF was computed (:func:`fat_fraction_record`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -21,8 +27,15 @@ import numpy as np
 
 from common.geometry import VolumeGeometry
 from common.muscles import load_muscles
-from common.study import StudyStacks
+from common.study import StudyStacks, parse_echo_role
 from dicom_node.study.dixon_roles import DixonRules
+from dicom_node.study.ff_inputs import (
+    derived_roles,
+    echo_set,
+    fat_fraction_record,
+    needs_echoes,
+    study_echo_roles,
+)
 from dicom_node.study.patients import patient_mismatch
 from dicom_node.study.scan import scan_folder
 from dicom_node.study.stacks import group_studies
@@ -183,7 +196,8 @@ def process_study(
     """
     pipeline, package = settings.pipeline, settings.package
     progress = progress or Progress()
-    check_reportable(study, settings.reporting)
+    reporting, reporting_notes = reporting_for(study, settings.reporting)
+    check_reportable(study, reporting)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -194,11 +208,16 @@ def process_study(
         return now
 
     t = started
-    roles = sorted(set(package.roles) | set(FF_ROLES))
+    echo_roles = study_echo_roles(study) if needs_echoes(study, pipeline.ff_prefer) else []
+    roles = sorted(set(package.roles) | set(FF_ROLES) | set(echo_roles))
     stitched = stitch(study, roles=roles, match_intensity=pipeline.match_intensity)
     grid = stitched.plan.geometry
     t = step("stitch", t)
-    ff = fat_fraction_map(stitched.images, prefer=pipeline.ff_prefer, ff_units=pipeline.ff_units)
+    echoes = echo_set(study, stitched.images, echo_roles)
+    ff = fat_fraction_map(
+        {r: v for r, v in stitched.images.items() if parse_echo_role(r) is None},
+        prefer=pipeline.ff_prefer, ff_units=pipeline.ff_units, echoes=echoes,
+    )
     t = step("fat_fraction", t)
     last_reported = [-1]
 
@@ -209,7 +228,8 @@ def process_study(
             progress.windows(label, fraction)
 
     segmentation = segment(
-        {r: stitched.images[r] for r in stitched.images if r != "fat_fraction"},
+        {r: v for r, v in stitched.images.items()
+         if r != "fat_fraction" and parse_echo_role(r) is None},
         grid,
         package,
         device=device or pipeline.device,
@@ -244,6 +264,8 @@ def process_study(
         "routing_ff_pct": segmentation.routing_ff_pct,
         "overall_ff_pct": _none_if_nan(quant.overall.ff_mean_pct),
         "fat_fraction_source": ff.source,
+        "fat_fraction": fat_fraction_record(study, ff, echoes),
+        "derived_roles": derived_roles(study),
         "stitched": {
             "shape": list(grid.shape),
             "spacing_mm": list(grid.spacing),
@@ -251,13 +273,14 @@ def process_study(
             "gains": stitched.gains,
         },
         "muscles": muscles,
-        "warnings": study.warnings + stitched.warnings + segmentation.warnings,
+        "warnings": study.warnings + reporting_notes + stitched.warnings
+        + segmentation.warnings,
         "timings_s": timings,
     }
     model_info = ModelInfo(
         name=package.name, version=package.version, intended_use=package.intended_use
     )
-    segs = build_segmentations(study, segmentation.labels, grid, model_info, settings.reporting)
+    segs = build_segmentations(study, segmentation.labels, grid, model_info, reporting)
     seg_dir = out_dir / "seg"
     seg_dir.mkdir(exist_ok=True)
     seg_paths = []
@@ -265,7 +288,7 @@ def process_study(
         path = seg_dir / f"stack{stack.index}.dcm"
         seg.save_as(path, enforce_file_format=True)
         seg_paths.append(path)
-    report = build_report(study, segs, results, model_info, settings.reporting)
+    report = build_report(study, segs, results, model_info, reporting)
     sr_path = out_dir / "sr.dcm"
     report.save_as(sr_path, enforce_file_format=True)
     t = step("report", t)
@@ -274,6 +297,26 @@ def process_study(
         json.dump(results, handle, indent=2)
     _write_csv(out_dir / "results.csv", muscles)
     return ProcessResult(results, out_dir, seg_paths, sr_path)
+
+
+REFERENCE_FALLBACK = ("in_phase", "out_of_phase")
+
+
+def reporting_for(study: StudyStacks, config: ReportingConfig) -> tuple[ReportingConfig, list[str]]:
+    """The reporting settings for this study: a study without images of the configured SEG
+    reference role (echoes only have no water) references its in_phase images (or
+    out_of_phase), with a note saying so."""
+    role = config.reference_role
+    if all(role in stack.roles for stack in study.stacks):
+        return config, []
+    fallback = next((r for r in REFERENCE_FALLBACK
+                     if all(r in stack.roles for stack in study.stacks)), None)
+    if fallback is None:
+        return config, []  # check_reportable names what is missing
+    source = derived_roles(study).get(fallback)
+    shown = f"{fallback} ({source})" if source else fallback
+    return replace(config, reference_role=fallback), [
+        f"no {role} images to reference: the SEGs reference the {shown} images"]
 
 
 def _none_if_nan(value: float) -> float | None:

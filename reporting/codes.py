@@ -30,10 +30,13 @@ Choices
     made up either, so a receiving system that understands SNOMED CT gets a true (if broader)
     statement. Replace the group fallback by the real concept in muscles.yaml once verified.
   * Laterality is a SegmentedPropertyTypeModifier (SEG) / the FindingSite laterality (SR).
-  * Private codes: only "Contractile muscle volume" (volume x (1 - mean FF)); PS3.16 has no
-    concept for it. The scheme designator starts with "99" as PS3.3 section 8.2 reserves for
-    private coding schemes, and every SR that uses it carries a CodingSchemeIdentification
-    item for it (:func:`private_coding_scheme`).
+  * Private codes: "Contractile muscle volume" (volume x (1 - mean FF)) and the fat-fraction
+    methods (which images the FF came from, as the TID 1419 "Measurement Method" of every FF
+    measurement); PS3.16 has concepts for neither (its only FF-related concepts are "Fat
+    fraction", "Water/fat in phase" and "Water/fat out of phase", CID 7180). The scheme
+    designator starts with "99" as PS3.3 section 8.2 reserves for private coding schemes, and
+    every SR that uses it carries a CodingSchemeIdentification item for it
+    (:func:`private_coding_scheme`).
 """
 
 from __future__ import annotations
@@ -91,6 +94,16 @@ PRIVATE_SCHEME_ORGANIZATION = "myonode project"
 # Muscle volume x (1 - mean fat fraction / 100): the fat-free (contractile) part of a muscle,
 # a standard outcome in muscle MRI studies without a standard code.
 CONTRACTILE_VOLUME = Code("MYO0001", PRIVATE_SCHEME, "Contractile muscle volume")
+# How the FF map was made, by its source (inference.fat_fraction.SOURCES); the concept name
+# of the modifier, "Measurement Method" (SCT 370129005), is fixed by TID 1419.
+FF_METHODS = {
+    "water_fat": Code("MYO0002", PRIVATE_SCHEME, "Fat fraction from water and fat images"),
+    "fat_fraction": Code("MYO0003", PRIVATE_SCHEME, "Scanner fat fraction map"),
+    "complex_echoes": Code("MYO0004", PRIVATE_SCHEME, "Fat fraction fitted to complex echoes"),
+    "magnitude_echoes": Code("MYO0005", PRIVATE_SCHEME,
+                             "Fat fraction fitted to magnitude echoes"),
+    "ip_op": Code("MYO0006", PRIVATE_SCHEME, "Fat fraction from in-phase and opposed-phase"),
+}
 
 
 def private_coding_scheme() -> CodingSchemeIdentificationItem:

@@ -15,7 +15,11 @@ Content tree (codes and their sources: :mod:`reporting.codes`):
   - "All thigh muscles, both sides": mean fat fraction over all muscle voxels
     (``overall_ff_pct``), finding site "Muscle of lower limb", bilateral, referencing every
     segment of one SEG (see below).
-* Qualitative Evaluations: the model's intended use as a TEXT "Comment".
+* Qualitative Evaluations: the model's intended use as a TEXT "Comment", and how the fat
+  fraction was computed (source, method, echo times, field strength, limits) as another.
+* Every fat-fraction measurement carries its method as the TID 1419 "Measurement Method"
+  modifier, a private code per FF source (:data:`reporting.codes.FF_METHODS`), so a
+  receiving system can tell a scanner FF map from a two-point in/opposed-phase estimate.
 
 Choices forced by the templates and checked with PixelMed's DicomSRValidator:
 
@@ -46,6 +50,7 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from common.muscles import MuscleTable, load_muscles
@@ -129,10 +134,19 @@ def _defined(value: object) -> bool:
     return value is not None and not math.isnan(float(value))  # type: ignore[arg-type]
 
 
-def _measurements(entry: dict) -> list[hd.sr.Measurement]:
-    """The TID 1419 measurements of one muscle (statistics that are undefined are left out)."""
+def ff_method(results: dict) -> Code | None:
+    """The coded FF method (TID 1419 Measurement Method) of ``results["fat_fraction"]``;
+    None for results that do not say (or a source without a code)."""
+    source = (results.get("fat_fraction") or {}).get("source")
+    return codes.FF_METHODS.get(source) if source else None
+
+
+def _measurements(entry: dict, method: Code | None) -> list[hd.sr.Measurement]:
+    """The TID 1419 measurements of one muscle (statistics that are undefined are left out);
+    the FF ones carry ``method``."""
     return [
-        hd.sr.Measurement(concept, float(entry[key]), unit, derivation=derivation)
+        hd.sr.Measurement(concept, float(entry[key]), unit, derivation=derivation,
+                          method=method if concept == codes.FAT_FRACTION else None)
         for key, concept, unit, derivation in MUSCLE_MEASUREMENTS
         if _defined(entry.get(key))
     ]
@@ -173,7 +187,7 @@ def _muscle_groups(
                         codes.muscle_concept(muscle), laterality=codes.laterality(table, side)
                     )
                 ],
-                measurements=_measurements(entry),
+                measurements=_measurements(entry, ff_method(results)),
             )
         )
     return groups
@@ -198,25 +212,47 @@ def _overall_group(
         finding_sites=[hd.sr.FindingSite(codes.MUSCLE_OF_LOWER_LIMB, laterality=codes.BILATERAL)],
         measurements=[
             hd.sr.Measurement(
-                codes.FAT_FRACTION, float(value), codes.UNIT_PERCENT, derivation=codes.MEAN
+                codes.FAT_FRACTION, float(value), codes.UNIT_PERCENT, derivation=codes.MEAN,
+                method=ff_method(results),
             )
         ],
     )
 
 
-def _intended_use(model: ModelInfo) -> hd.sr.ContainerContentItem:
-    """TID 1500 Qualitative Evaluations container holding the model's intended use."""
+def ff_method_text(results: dict) -> str | None:
+    """How the FF was computed, in words: the method and limits lines of
+    ``results["fat_fraction"]``, with the echo times and field strength when given."""
+    record = results.get("fat_fraction")
+    if not record:
+        return None
+    parts = [f"Fat fraction from {record['source']}: {record['method']}"]
+    if record.get("echo_times_ms"):
+        times = ", ".join(f"{te:g}" for te in record["echo_times_ms"])
+        field = record.get("field_strength_t")
+        parts.append(f"Echo times {times} ms" + (f" at {field:g} T" if field else ""))
+    if record.get("limits"):
+        parts.append(f"Limits: {record['limits']}")
+    return ". ".join(part.rstrip(".") for part in parts) + "."
+
+
+def _qualitative_evaluations(model: ModelInfo, results: dict) -> hd.sr.ContainerContentItem:
+    """TID 1500 Qualitative Evaluations container: the model's intended use and, where the
+    results say, how the fat fraction was computed (TEXT "Comment" items, which viewers
+    show as they are)."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
+    texts = [f"Intended use of model {model.name} {model.version}: {model.intended_use}",
+             ff_method_text(results)]
     container.ContentSequence = hd.sr.ContentSequence(
         [
             hd.sr.TextContentItem(
                 name=codes.COMMENT,
-                value=f"Intended use of model {model.name} {model.version}: {model.intended_use}",
+                value=text,
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
+            for text in texts if text
         ]
     )
     return container
@@ -275,7 +311,7 @@ def build_report(
         procedure_reported=codes.PROCEDURE_MR_UNSPECIFIED,
         imaging_measurements=groups,
     )
-    report[0].ContentSequence.append(_intended_use(model))
+    report[0].ContentSequence.append(_qualitative_evaluations(model, results))
     return hd.sr.Comprehensive3DSR(
         evidence=_evidence(segs),
         content=report[0],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
+from common.study import ECHO_MAGNITUDE, ECHO_PHASE, parse_echo_role
 from dicom_node.phantom.flavours import FAT_FRACTION, MAGNITUDE_ROLES, VendorFlavour
 
 if TYPE_CHECKING:
@@ -77,53 +78,98 @@ def shifted_datetime(date: str, time: str, seconds: float) -> tuple[str, str]:
 class ScaledStack:
     """One stack's roles as stored integers, with the rescale that restores real values.
 
-    ``slope`` maps stored values to the real world as the reader applies it
-    (value = stored * slope, intercept 0). Every magnitude role of a stack has the same
-    slope, so water/fat ratios are exact up to rounding.
+    ``slope`` (and ``intercept``, 0 but for phases) maps stored values to the real world as
+    the reader applies it (value = stored * slope + intercept). Every magnitude role of a
+    stack, echo magnitudes included, has the same slope, so water/fat ratios are exact up to
+    rounding.
     """
 
-    stored: dict[str, np.ndarray]  # role -> uint16 [k, j, i]
+    stored: dict[str, np.ndarray]  # role -> uint16 (int16 for signed exports) [k, j, i]
     slope: dict[str, float]  # RescaleSlope per role (1.0 where the vendor writes none)
     private_scale: dict[str, float]  # Philips (2005,100E) per role
     window: dict[str, tuple[float, float]]  # (centre, width) in real-world units
+    intercept: dict[str, float] = field(default_factory=dict)  # RescaleIntercept, if not 0
+
+
+# Siemens phase: one turn over 12 bits, read as stored * 2 - 4096 ([SIE-E]).
+SIEMENS_PHASE_LEVELS = 4096
+SIEMENS_PHASE_SLOPE = 2.0
+SIEMENS_PHASE_INTERCEPT = -4096.0
+MILLIRADIANS = 1000.0
 
 
 def scale_stack(images: dict[str, np.ndarray], flavour: VendorFlavour,
                 rng: np.random.Generator) -> ScaledStack:
-    """Scale a stack's magnitudes into the vendor's stored range with one factor for all."""
+    """Scale a stack's magnitudes into the vendor's stored range with one factor for all;
+    echo phases (radians) are stored as the vendor stores phase."""
     scaling = flavour.scaling
+    echoes = [(r, echo) for r in flavour.roles if r in images
+              and (echo := parse_echo_role(r)) is not None]
     magnitudes = [r for r in MAGNITUDE_ROLES if r in images and r in flavour.roles]
+    magnitudes += [r for r, (kind, _) in echoes if kind == ECHO_MAGNITUDE]
     peak = max((float(np.max(images[r])) for r in magnitudes), default=0.0)
     target = float(rng.uniform(*scaling.target_max))
     factor = target / peak if peak > 0 else 1.0
-    limit = 2**scaling.bits_stored - 1
+    low, high = _stored_range(scaling.bits_stored, scaling.signed)
     slope = 1.0
     if scaling.rescale:
         slope = float(ds_number(round(float(rng.uniform(*scaling.slope_range)), 5)))
     stored: dict[str, np.ndarray] = {}
     slopes: dict[str, float] = {}
+    intercepts: dict[str, float] = {}
     private: dict[str, float] = {}
     window: dict[str, tuple[float, float]] = {}
     for role in magnitudes:
-        stored[role] = _to_uint16(images[role], factor, limit)
+        stored[role] = _to_stored(images[role], factor, 0, high, scaling.signed)
         slopes[role] = slope
         private[role] = factor  # Philips FP = DV / (RS * SS) = stored / factor = input value
     if FAT_FRACTION in images and FAT_FRACTION in flavour.roles:
-        stored[FAT_FRACTION] = _to_uint16(images[FAT_FRACTION], FF_STORED_PER_PERCENT,
-                                          int(100 * FF_STORED_PER_PERCENT))
+        stored[FAT_FRACTION] = _to_stored(images[FAT_FRACTION], FF_STORED_PER_PERCENT, 0,
+                                          int(100 * FF_STORED_PER_PERCENT), scaling.signed)
         slopes[FAT_FRACTION] = 1.0 / FF_STORED_PER_PERCENT
         private[FAT_FRACTION] = FF_STORED_PER_PERCENT
     for role, values in stored.items():
         top = float(values.max()) * slopes[role]
         window[role] = (max(top / 2.0, 1.0), max(top, 2.0))
-    return ScaledStack(stored, slopes, private, window)
+    for role, (kind, _) in echoes:
+        if kind == ECHO_PHASE:
+            stored[role], slopes[role], intercepts[role] = _phase_stored(
+                images[role], flavour, low)
+            private[role] = 1.0
+            lowest, highest = (float(v) * slopes[role] + intercepts[role]
+                               for v in (stored[role].min(), stored[role].max()))
+            window[role] = ((lowest + highest) / 2.0, max(highest - lowest, 2.0))
+    return ScaledStack(stored, slopes, private, window, intercepts)
 
 
-def _to_uint16(values: np.ndarray, factor: float, limit: int) -> np.ndarray:
+def _phase_stored(radians: np.ndarray, flavour: VendorFlavour,
+                  low: int) -> tuple[np.ndarray, float, float]:
+    """(stored, slope, intercept) of a phase image in the vendor's convention."""
+    storage = flavour.echoes.phase_storage if flavour.echoes else ""
+    signed = flavour.scaling.signed
+    wrapped = np.mod(np.asarray(radians, dtype=np.float64) + np.pi, 2 * np.pi)  # 0..2pi
+    if storage == "siemens":
+        levels = wrapped * (SIEMENS_PHASE_LEVELS / (2 * np.pi))
+        return (_to_stored(levels, 1.0, 0, SIEMENS_PHASE_LEVELS - 1, signed),
+                SIEMENS_PHASE_SLOPE, SIEMENS_PHASE_INTERCEPT)
+    if storage == "milliradians":
+        if low >= 0:
+            raise ValueError(f"{flavour.name}: milliradian phase needs signed pixels")
+        limit = int(np.floor(np.pi * MILLIRADIANS))
+        return (_to_stored(wrapped - np.pi, MILLIRADIANS, -limit, limit, signed), 1.0, 0.0)
+    raise ValueError(f"{flavour.name}: no phase storage for echo phases")
+
+
+def _stored_range(bits: int, signed: bool) -> tuple[int, int]:
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def _to_stored(values: np.ndarray, factor: float, low: int, high: int,
+               signed: bool) -> np.ndarray:
     scaled = np.multiply(values, factor, dtype=np.float32)
     np.rint(scaled, out=scaled)
-    np.clip(scaled, 0, limit, out=scaled)
-    return scaled.astype(np.uint16)
+    np.clip(scaled, low, high, out=scaled)
+    return scaled.astype(np.int16 if signed else np.uint16)
 
 
 @dataclass
@@ -243,7 +289,7 @@ def mr_acquisition(ds: Dataset, flavour: VendorFlavour, plan: StackPlan) -> None
 
 
 def image_pixel(ds: Dataset, flavour: VendorFlavour, rows: int, columns: int) -> None:
-    """Image Pixel module of 16-bit unsigned MONOCHROME2 data."""
+    """Image Pixel module of 16-bit MONOCHROME2 data (signed where the export is)."""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = rows
@@ -251,4 +297,4 @@ def image_pixel(ds: Dataset, flavour: VendorFlavour, rows: int, columns: int) ->
     ds.BitsAllocated = 16
     ds.BitsStored = flavour.scaling.bits_stored
     ds.HighBit = flavour.scaling.bits_stored - 1
-    ds.PixelRepresentation = 0
+    ds.PixelRepresentation = 1 if flavour.scaling.signed else 0

@@ -115,13 +115,20 @@ def _label_role(ds: Dataset, flavour: VendorFlavour, plan: StackPlan, role: str,
     scaled = plan.scaled
     ds.ImageType = list(label.image_type)
     ds.EchoTime = ds_number(label.echo_time)
+    ds.EchoNumbers = str(label.echo_number)
     centre, width = scaled.window[role]
     ds.WindowCenter = ds_number(round(centre, 3))
     ds.WindowWidth = ds_number(round(width, 3))
-    if flavour.scaling.rescale:
-        ds.RescaleIntercept = "0"
+    intercept = scaled.intercept.get(role, 0.0)
+    if flavour.scaling.rescale or intercept or scaled.slope[role] != 1.0:
+        ds.RescaleIntercept = ds_number(intercept) if intercept else "0"
         ds.RescaleSlope = ds_number(scaled.slope[role])
-        ds.RescaleType = "US"  # unspecified: arbitrary signal units (percent for FF maps)
+        if flavour.scaling.rescale:
+            ds.RescaleType = "US"  # unspecified: arbitrary signal units (percent for FF maps)
+    else:  # a series of several roles: none of the previous role's rescale stays behind
+        for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType"):
+            if keyword in ds:
+                delattr(ds, keyword)
     if "philips" in private:
         block = private["philips"]
         block.add_new(0x0E, "FL", scaled.private_scale[role])

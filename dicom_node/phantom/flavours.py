@@ -40,11 +40,31 @@ Sources (see also /work/notes/vendors_readme.md):
   ``MIXED`` when the frames of an instance differ.
 * [SEED] Huysmans et al. 2023 (the method paper): Philips Ingenia 1.5 T, 6-point Dixon 3D,
   TR/TE/dTE 9.2/1.36/1.3 ms, flip angle 12 degrees, 384x384 at 1.2 mm, 140 slices of 2 mm.
+
+Echo exports (``--dixon-output echoes`` / ``echoes+phase``: the echo images instead of the
+scanner's reconstructions):
+
+* [SIE-E] Siemens 3 T 3-point Dixon as the real scans in shared/real-dixon (public test data
+  of SWastling/musclemap): echo times 3.45, 4.60, 5.75 ms (out-of-phase, in-phase,
+  out-of-phase at 3 T), one series per echo for the magnitude and one for the phase, numbered
+  in turn (magnitude, phase, next echo, ...) and described ``..._TE_345``; TR 23 ms and flip
+  angle 5 degrees from the calf series' name (``dix3d_TR23_448m_fa05``). ImageType
+  ``ORIGINAL\\PRIMARY\\M\\ND`` / ``ORIGINAL\\PRIMARY\\P\\ND`` (syngo VE11, as dcm2niix
+  issue #851 shows). Phase stored 0..4095 with RescaleSlope 2, RescaleIntercept -4096 (-pi..
+  pi over -4096..4094; dcm2niix issue #406, CMRR-C2P/MB issue #238).
+* [GE-E] GE 1.5 T LAVA-Flex echoes: the two echoes of the [GE] protocol (2.2 ms
+  out-of-phase, 4.4 ms in-phase), all images of a stack in one series told apart by EchoTime,
+  EchoNumbers and (0043,102F) 0 magnitude / 1 phase; ImageType ``ORIGINAL\\PRIMARY\\OTHER``
+  (GE's ImageType does not say magnitude or phase: dcm2niix issue #881); pixels signed 16 bit,
+  the phase in milliradians (-3142..3141). One series for all echoes is our reading of GE
+  exports, not a document.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+from common.study import ECHO_MAGNITUDE, ECHO_PHASE, echo_role
 
 # Dixon roles in the order a stack lists them (shared with dicom_node.study.dixon_roles.ROLES).
 MAGNITUDE_ROLES = ("water", "fat", "in_phase", "out_of_phase")
@@ -66,6 +86,28 @@ class RoleLabel:
     private_code: str | int | None = None  # Philips (2005,1011) / GE (0043,102F) value
     frame_type: tuple[str, ...] = ()  # Enhanced MR FrameType (0008,9007)
     complex_component: str = "MAGNITUDE"
+    echo_number: int = 1  # EchoNumbers (0018,0086)
+
+
+@dataclass(frozen=True)
+class EchoExport:
+    """How a vendor exports the echo images of its Dixon protocol (sources [SIE-E], [GE-E])."""
+
+    echo_times_ms: tuple[float, ...]
+    field_strength: float  # tesla
+    imaging_frequency: float  # MHz, 1H at that field
+    model: str
+    layout: str  # "per_role": a series per echo and image kind; "combined": one per stack
+    magnitude_image_type: tuple[str, ...]
+    phase_image_type: tuple[str, ...]
+    phase_storage: str  # "siemens": 0..4095, slope 2, intercept -4096; "milliradians"
+    protocol: str  # with {station}
+    repetition_time: float
+    flip_angle: float
+    sequence_name: str
+    signed: bool = False  # PixelRepresentation 1 for every image of the export
+    magnitude_code: int | None = None  # GE (0043,102F)
+    phase_code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +118,7 @@ class Scaling:
     target_max: tuple[float, float]  # the stack maximum is scaled to a value drawn in this range
     rescale: bool  # writes RescaleSlope/RescaleIntercept (Philips); else stored = real world
     slope_range: tuple[float, float] = (1.0, 1.0)  # RescaleSlope drawn per stack (Philips)
+    signed: bool = False  # PixelRepresentation 1 (GE's echo export)
 
 
 @dataclass(frozen=True)
@@ -107,6 +150,7 @@ class VendorFlavour:
     field_strength: float = 1.5
     imaging_frequency: float = 63.87  # MHz, 1H at 1.5 T
     role_prefix: bool = False  # the role leads the description ("WATER: ...") instead of ending it
+    echoes: EchoExport | None = None  # how its echo images are exported (None: not written)
 
     def series_description(self, station: int, role: str | None) -> str:
         """SeriesDescription of one series; ``role`` is None for a combined series."""
@@ -161,6 +205,20 @@ SIEMENS = VendorFlavour(
     pixel_bandwidth=490.0,
     receive_coil="BO1,2;SP3-5",
     transmit_coil="Body",
+    echoes=EchoExport(
+        echo_times_ms=(3.45, 4.60, 5.75),
+        field_strength=3.0,
+        imaging_frequency=123.25,
+        model="MAGNETOM Prisma",
+        layout="per_role",
+        magnitude_image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
+        phase_image_type=("ORIGINAL", "PRIMARY", "P", "ND"),
+        phase_storage="siemens",
+        protocol="dixon3pt_tra_{station}",
+        repetition_time=23.0,
+        flip_angle=5.0,
+        sequence_name="*fl3d3",
+    ),
 )
 
 # Philips Ingenia 1.5 T, 6-point mDIXON as in [SEED]; IP/OP are synthesised at the 1.5 T
@@ -242,7 +300,52 @@ GE = VendorFlavour(
     receive_coil="32Ch Body",
     transmit_coil="BODY",
     role_prefix=True,
+    echoes=EchoExport(
+        echo_times_ms=(2.2, 4.4),
+        field_strength=1.5,
+        imaging_frequency=63.87,
+        model="SIGNA Artist",
+        layout="combined",
+        magnitude_image_type=("ORIGINAL", "PRIMARY", "OTHER"),
+        phase_image_type=("ORIGINAL", "PRIMARY", "OTHER"),
+        phase_storage="milliradians",
+        protocol="Ax LAVA-Flex thigh {station}",
+        repetition_time=6.6,
+        flip_angle=12.0,
+        sequence_name="efgre3d",
+        signed=True,
+        magnitude_code=0,
+        phase_code=1,
+    ),
 )
+
+def echo_flavour(flavour: VendorFlavour, phases: bool) -> VendorFlavour:
+    """The vendor's echo export as a flavour whose roles are the echoes (``echo_role``
+    names): magnitude of each echo, then its phase when ``phases``, in series order."""
+    export = flavour.echoes
+    if export is None:
+        raise ValueError(f"the {flavour.name} flavour writes no echo images; "
+                         f"use one of {', '.join(n for n, f in FLAVOURS.items() if f.echoes)}")
+    roles = {}
+    for number, te in enumerate(export.echo_times_ms, start=1):
+        description = f"TE_{round(te * 100):d}" if export.layout == "per_role" else ""
+        roles[echo_role(ECHO_MAGNITUDE, te)] = RoleLabel(
+            export.magnitude_image_type, description, te, export.magnitude_code,
+            echo_number=number)
+        if phases:
+            roles[echo_role(ECHO_PHASE, te)] = RoleLabel(
+                export.phase_image_type, description, te, export.phase_code,
+                complex_component="PHASE", echo_number=number)
+    return replace(
+        flavour, roles=roles, layout=export.layout, model=export.model,
+        field_strength=export.field_strength, imaging_frequency=export.imaging_frequency,
+        protocol=export.protocol, repetition_time=export.repetition_time,
+        flip_angle=export.flip_angle, sequence_name=export.sequence_name,
+        series_step=len(roles) if export.layout == "per_role" else flavour.series_step,
+        role_prefix=False,
+        scaling=replace(flavour.scaling, signed=export.signed),
+    )
+
 
 FLAVOURS: dict[str, VendorFlavour] = {
     f.name: f for f in (SIEMENS, PHILIPS, PHILIPS_ENHANCED, GE)

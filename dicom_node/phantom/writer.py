@@ -5,6 +5,9 @@ are cut, single-frame or Enhanced MR, how pixels are scaled) so the folder scann
 rules and the stitching are tested on realistic input. Vendor conventions and their sources
 are in ``dicom_node/phantom/flavours.py``; the writers are ``vendor_classic`` and ``vendor_enhanced``.
 
+A stack of echo images (magnitudes, and phases if given, keyed by echo role) is written as
+the vendor exports its echoes (``EchoExport`` in flavours.py), instead of the reconstructions.
+
 Reading back: real-world value = stored * RescaleSlope + RescaleIntercept (identity when
 absent; per frame in the Pixel Value Transformation functional group of Enhanced MR). Within
 one stack every magnitude role has the same factor to the input, so F/(F+W) is preserved;
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common.geometry import VolumeGeometry
+from common.study import ECHO_PHASE, parse_echo_role
 from dicom_node.phantom.attributes import (
     StackPlan,
     StudyInfo,
@@ -27,7 +31,13 @@ from dicom_node.phantom.attributes import (
 )
 from dicom_node.phantom.classic import write_classic_stack
 from dicom_node.phantom.enhanced import write_enhanced_stack
-from dicom_node.phantom.flavours import FAT_FRACTION, FLAVOURS, MAGNITUDE_ROLES
+from dicom_node.phantom.flavours import (
+    FAT_FRACTION,
+    FLAVOURS,
+    MAGNITUDE_ROLES,
+    VendorFlavour,
+    echo_flavour,
+)
 
 VENDORS = ("siemens", "philips", "philips-enhanced", "ge")
 
@@ -41,7 +51,9 @@ class StackImages:
     """One stack (a separate acquisition) of a Dixon study."""
 
     geometry: VolumeGeometry  # this stack's grid (LPS), arrays are [k, j, i]
-    images: dict[str, np.ndarray]  # role -> float32 [k, j, i]; magnitudes >= 0, FF in percent
+    # role -> float32 [k, j, i]; magnitudes >= 0, FF in percent; or echo images by echo role
+    # (``echo_magnitude_3.45ms``, ``echo_phase_3.45ms`` in radians) at the vendor's echo times
+    images: dict[str, np.ndarray]
     # 2D multi-slice: each slice's thickness (mm, at most the spacing); None: a 3D stack whose
     # slices are as thick as they are apart.
     slice_thickness: float | None = None
@@ -59,7 +71,7 @@ def write_study(out_dir: Path, vendor: str, info: StudyInfo, stacks: list[StackI
         raise ValueError(f"unknown vendor {vendor!r}; choose one of {', '.join(VENDORS)}")
     if not stacks:
         raise ValueError("a study needs at least one stack")
-    flavour = FLAVOURS[vendor]
+    flavour = _flavour_for(FLAVOURS[vendor], stacks)
     out_dir = Path(out_dir)
     paths: list[Path] = []
     for index, stack in enumerate(stacks):
@@ -82,6 +94,26 @@ def write_study(out_dir: Path, vendor: str, info: StudyInfo, stacks: list[StackI
     return paths
 
 
+def _flavour_for(flavour: VendorFlavour, stacks: list[StackImages]) -> VendorFlavour:
+    """The vendor's scanner export, or its echo export when the stacks hold echo images
+    (phases written when they are given)."""
+    roles = {role for stack in stacks for role in stack.images}
+    echoes = {role: parse_echo_role(role) for role in roles}
+    if not any(echoes.values()):
+        return flavour
+    if not all(echoes.values()):
+        raise ValueError("a phantom study holds either echo images or the scanner's Dixon "
+                         f"images, not both ({', '.join(sorted(roles))})")
+    exported = echo_flavour(flavour, phases=any(e[0] == ECHO_PHASE for e in echoes.values()
+                                                if e is not None))
+    unknown = sorted(roles - set(exported.roles))
+    if unknown:
+        times = sorted({label.echo_time for label in exported.roles.values()})
+        raise ValueError(f"{', '.join(unknown)}: not an echo of the {flavour.name} export "
+                         f"({', '.join(f'{te:g}' for te in times)} ms)")
+    return exported
+
+
 def _check_stack(index: int, stack: StackImages) -> None:
     known = (*MAGNITUDE_ROLES, FAT_FRACTION)
     thickness = stack.slice_thickness
@@ -93,7 +125,7 @@ def _check_stack(index: int, stack: StackImages) -> None:
     if not stack.images:
         raise ValueError(f"stack {index} has no images")
     for role, values in stack.images.items():
-        if role not in known:
+        if role not in known and parse_echo_role(role) is None:
             raise ValueError(f"stack {index}: unknown role {role!r}; roles are {known}")
         if tuple(values.shape) != tuple(stack.geometry.shape):
             raise ValueError(

@@ -5,10 +5,12 @@ many, in any order, sometimes hours apart. So a version of a study (a ``received
 :mod:`dicom_node.node.state`) is queued for processing by the first of:
 
 * ``complete``: an association that carried instances of the study was released, and the
-  study's stacks are complete: every required Dixon role in every stack, no missing slice
-  (the stack warnings of :mod:`dicom_node.study.stacks`), and the instance counts the headers
-  declare are reached (Images in Acquisition (0020,1002) per series and acquisition;
-  NumberOfFrames against the per-frame functional groups of Enhanced MR instances);
+  study's stacks are complete: every required Dixon role in every stack, or echo magnitudes
+  that make a Dixon set (an in- and an out-of-phase echo, or three echoes; no echo images
+  left over that form no set yet), no missing slice (the stack warnings of
+  :mod:`dicom_node.study.stacks`), and the instance counts the headers declare are reached
+  (Images in Acquisition (0020,1002) per series and acquisition; NumberOfFrames against the
+  per-frame functional groups of Enhanced MR instances);
 * ``quiet_period``: no new instance of the study for ``quiet_period_s`` (default 10 s);
 * ``max_wait``: ``max_wait_s`` after the version's first instance, even if instances still
   arrive (a sender trickling images must not hold results back for ever).
@@ -142,10 +144,11 @@ def judge(study_uid: str, facts: list[InstanceFacts],
     for stack in studies[0].stacks if studies else []:
         for role in stack.missing_roles(required_roles):
             reasons.append(f"stack {stack.index}: no {role} images")
-        for role, slots in sorted(stack.roles.items()):
-            missing = sum(1 for frame in slots if frame is None)
+        for role in stack.acquired_roles():
+            missing = sum(1 for frame in stack.roles[role] if frame is None)
             if missing:
                 reasons.append(f"stack {stack.index} {role}: {missing} missing slice(s)")
+    reasons.extend(studies[0].incomplete_echoes if studies else [])
     for fact in facts:
         if fact.problem is not None:
             reasons.append(f"instance {fact.sop_instance_uid}: {fact.problem}")

@@ -1,4 +1,5 @@
-"""Recognise the Dixon role (water, fat, in/out-of-phase, fat fraction) of every frame.
+"""Recognise the Dixon role (water, fat, in/out-of-phase, fat fraction) of every frame, or
+that it is an echo image (``echo_magnitude``, ``echo_phase``) that Dixon images are made from.
 
 Vendors label Dixon images differently (ImageType words, private codes, per-frame FrameType,
 series descriptions) and sites meet variants no default covers, so the recognition is a list
@@ -20,7 +21,11 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
+from common.study import ECHO_KINDS
+
 ROLES = ("water", "fat", "in_phase", "out_of_phase", "fat_fraction")
+# What a rule may give: a Dixon role, or an echo image (its echo time is read by the scan).
+RULE_ROLES = (*ROLES, *ECHO_KINDS)
 DEFAULT_RULES = "dixon_rules.yaml"
 
 _RULE_KEYS = {"name", "role", "note", "manufacturer", "series_description", "protocol_name",
@@ -272,12 +277,12 @@ def _parse_rule(item: object, where: str) -> Rule:
         raise RulesError(f"{where}: unknown field(s) {sorted(map(str, unknown))}; "
                          f"allowed: {sorted(_RULE_KEYS)}")
     if "role" not in item:
-        raise RulesError(f"{where}: field 'role': required (one of {', '.join(ROLES)}, "
+        raise RulesError(f"{where}: field 'role': required (one of {', '.join(RULE_ROLES)}, "
                          "or null for not-Dixon)")
     role = item["role"]
-    if role is not None and role not in ROLES:
+    if role is not None and role not in RULE_ROLES:
         raise RulesError(f"{where}: field 'role': unknown role {role!r}; use one of "
-                         f"{', '.join(ROLES)}, or null for not-Dixon")
+                         f"{', '.join(RULE_ROLES)}, or null for not-Dixon")
     if not _CONDITIONS & set(item):
         raise RulesError(f"{where}: no condition; give at least one of {sorted(_CONDITIONS)}")
     return Rule(

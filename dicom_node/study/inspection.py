@@ -1,15 +1,25 @@
 """``myonode inspect``: what the node would make of a folder of DICOM files.
 
 It runs the input side without loading pixels: role recognition, stacks and the stitched grid,
-so a site can check a new scanner's series before anything is processed.
+so a site can check a new scanner's series before anything is processed. For echo images it
+shows each echo's time, number and class (in/out-of-phase at the study's field strength),
+which images it has, and which echo stands in for the in/out-of-phase image.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from common.study import StudyStacks
+from common.study import (
+    ECHO_MAGNITUDE,
+    ECHO_PHASE,
+    Stack,
+    StudyStacks,
+    echo_role,
+    parse_echo_role,
+)
 from dicom_node.study.dixon_roles import DixonRules
+from dicom_node.study.echoes import echo_classes
 from dicom_node.study.scan import scan_folder
 from dicom_node.study.stacks import group_studies
 from dicom_node.study.stitch import plan_stitch
@@ -17,6 +27,27 @@ from dicom_node.study.stitch import plan_stitch
 
 def _round(values: tuple[float, ...] | list[float], digits: int = 3) -> list[float]:
     return [round(float(v), digits) for v in values]
+
+
+def echo_entries(stack: Stack, field_strength_t: float | None) -> list[dict]:
+    """Every echo of a stack: time, number, class at the field, which images it has."""
+    classes = echo_classes(stack.echo_times_ms(ECHO_MAGNITUDE) + stack.echo_times_ms(ECHO_PHASE),
+                           field_strength_t)
+    used = {source: role for role, source in stack.derived.items()}
+    echoes = []
+    for echo_time in sorted(classes):
+        magnitude = echo_role(ECHO_MAGNITUDE, echo_time)
+        phase = echo_role(ECHO_PHASE, echo_time)
+        frame = next(f for role in (magnitude, phase) for f in stack.roles.get(role, []) if f)
+        echoes.append({
+            "echo_time_ms": echo_time,
+            "echo_number": frame.echo_number,
+            "class": classes[echo_time],
+            "magnitude": stack.series.get(magnitude),
+            "phase": stack.series.get(phase),
+            "used_as": used.get(magnitude),
+        })
+    return echoes
 
 
 def describe_study(study: StudyStacks) -> dict:
@@ -27,6 +58,11 @@ def describe_study(study: StudyStacks) -> dict:
             "roles": dict(sorted(stack.series.items())),
             "slices": stack.geometry.shape[0],
             "z_range_mm": _round(stack.z_range_mm),
+            **({"echoes": echo_entries(stack, study.field_strength_t),
+                "field_strength_t": study.field_strength_t,
+                "derived": dict(sorted(stack.derived.items()))}
+               if stack.echo_times_ms(ECHO_MAGNITUDE) or stack.echo_times_ms(ECHO_PHASE)
+               else {}),
         }
         for stack in study.stacks
     ]
@@ -44,6 +80,10 @@ def describe_study(study: StudyStacks) -> dict:
         "stitched": stitched,
         "warnings": list(study.warnings),
     }
+
+
+def _field(tesla: float | None) -> str:
+    return f"{tesla:g} T" if tesla is not None else "unknown field strength"
 
 
 def inspect_folder(folder: Path, rules_path: Path | None = None) -> dict:
@@ -66,11 +106,21 @@ def format_report(report: dict) -> str:
         lines.append(f"Study {study['study_instance_uid']}")
         for stack in study["stacks"]:
             lo, hi = stack["z_range_mm"]
-            roles = ", ".join(sorted(stack["roles"]))
+            echoes = stack.get("echoes", [])
+            roles = ", ".join(sorted(r for r in stack["roles"] if parse_echo_role(r) is None))
             lines.append(
                 f"  stack {stack['index']}: {stack['slices']} slices, z {lo:.1f} .. {hi:.1f} mm;"
-                f" roles: {roles}"
+                f" roles: {roles or '-'}"
             )
+            if echoes:
+                lines.append(f"    {len(echoes)} echoes at {_field(stack['field_strength_t'])}:")
+            for echo in echoes:
+                kinds = "magnitude + phase" if echo["magnitude"] and echo["phase"] else (
+                    "magnitude" if echo["magnitude"] else "phase")
+                number = f"echo {echo['echo_number']}, " if echo["echo_number"] else ""
+                used = f"; used as {echo['used_as']}" if echo["used_as"] else ""
+                lines.append(f"      {number}TE {echo['echo_time_ms']:.2f} ms "
+                             f"({echo['class']}): {kinds}{used}")
         if study["stitched"]:
             s = study["stitched"]
             shape = "x".join(str(v) for v in s["shape"])

@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from common.study import Frame
+from common.study import ECHO_KINDS, Frame
 from dicom_node.study.dixon_roles import DixonRules
 from dicom_node.study.patients import PatientIdentity, identity_of
 
@@ -110,6 +110,8 @@ def frames_of(ds: Dataset, path: Path, rules: DixonRules) -> list[Frame]:
     except Exception as exc:  # noqa: BLE001 - any failure to read the attributes is the header's
         raise ValueError(f"cannot read Dixon role attributes ({_short(exc)})") from exc
     common = {
+        "field_strength_t": field_strength(ds),
+        "echo_number": _echo_number(ds),
         "path": path,
         "sop_instance_uid": uids[0],
         "sop_class_uid": text_value(ds, "SOPClassUID"),
@@ -126,16 +128,69 @@ def frames_of(ds: Dataset, path: Path, rules: DixonRules) -> list[Frame]:
     frames = []
     for index in range(n_frames):
         geometry = _frame_geometry(ds, index) if multi else _single_geometry(ds)
+        echo_time = _echo_time(ds, index if multi else None)
+        role = roles[index] if index < len(roles) else None
+        if role in ECHO_KINDS and echo_time is None:
+            role = None  # an echo image is only usable with its echo time
         frames.append(
             Frame(
                 frame_number=index + 1 if multi else None,
                 stack_id=geometry.pop("stack_id", None),
-                role=roles[index] if index < len(roles) else None,
+                role=role,
+                echo_time_ms=echo_time,
                 **common,
                 **geometry,
             )
         )
     return frames
+
+
+# -- echo time and field strength: read leniently (a water image with a broken EchoTime is
+# still a water image; an echo image without an echo time gets no role) ----------------------
+
+MAX_ECHO_TIME_MS = 1000.0
+MAX_ECHOES = 1024
+MAX_FIELD_STRENGTH_T = 20.0
+GYROMAGNETIC_MHZ_PER_T = 42.577  # 1H
+
+
+def _echo_number(ds: Dataset) -> int | None:
+    try:
+        return integer_value(ds, "EchoNumbers", 1, MAX_ECHOES)
+    except ValueError:  # absent is None; several values or text say nothing usable either
+        return None
+
+
+def _in_range(ds: Dataset | None, keyword: str, high: float) -> float | None:
+    """``keyword`` as one number in (0, high]; None when absent, unreadable or outside."""
+    if ds is None:
+        return None
+    try:
+        value = element_value(ds, keyword)
+        number = None if value is None else _number(value, keyword)
+    except ValueError:
+        return None
+    return number if number is not None and 0 < number <= high else None
+
+
+def _echo_time(ds: Dataset, index: int | None) -> float | None:
+    """EchoTime (ms) of a single-frame image, or the EffectiveEchoTime of frame ``index``."""
+    if index is None:
+        return _in_range(ds, "EchoTime", MAX_ECHO_TIME_MS)
+    try:
+        echo = functional_group(ds, index, "MREchoSequence")
+    except ValueError:
+        return None
+    return _in_range(echo, "EffectiveEchoTime", MAX_ECHO_TIME_MS)
+
+
+def field_strength(ds: Dataset) -> float | None:
+    """B0 in tesla: MagneticFieldStrength, else the 1H ImagingFrequency / 42.577 MHz/T."""
+    tesla = _in_range(ds, "MagneticFieldStrength", MAX_FIELD_STRENGTH_T)
+    if tesla is not None:
+        return tesla
+    frequency = _in_range(ds, "ImagingFrequency", MAX_FIELD_STRENGTH_T * GYROMAGNETIC_MHZ_PER_T)
+    return round(frequency / GYROMAGNETIC_MHZ_PER_T, 2) if frequency is not None else None
 
 
 # -- reading values that any sender may have written ----------------------------------------

@@ -9,6 +9,12 @@ along the slice normal (index 0 lowest), which for axial thigh stacks means knee
 A stack's slice step is the median distance between its slice positions, never its
 SliceThickness: 2D multi-slice protocols whose spacing exceeds the thickness (10 mm slices
 20 mm apart) are regular stacks, and only positions missing from that step are gaps.
+
+Echo images join stacks like any role, one role per echo (``echo_magnitude_4.60ms``). A stack
+of echoes only is kept when its magnitudes make a Dixon set; one that does not (the first
+echo of a study still arriving, a lone gradient-echo series) is left out and named in
+``incomplete_echoes``. Where no stack has the scanner's in/out-of-phase images they are taken
+from echoes (:mod:`dicom_node.study.echoes`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ import numpy as np
 
 from common.geometry import VolumeGeometry
 from common.study import Frame, Stack, StudyStacks
+from dicom_node.study.echoes import (
+    derive_roles,
+    describe_echoes,
+    has_dixon_roles,
+    is_echo_set,
+    study_field_strength,
+)
 
 # Two positions closer than this along the normal are the same slice (mm).
 SAME_POSITION_MM = 0.05
@@ -61,13 +74,41 @@ def find_stacks(study_uid: str, frames: list[Frame]) -> StudyStacks:
     clusters = _cluster(role_stacks, warnings)
     stacks = [stack for cluster in clusters
               if (stack := _build_stack(cluster, warnings)) is not None]
+    field_strength = study_field_strength(dixon)
+    stacks, incomplete = _usable(stacks, field_strength)
+    warnings.extend(incomplete)
     stacks.sort(key=lambda s: s.z_range_mm[0])
     for index, stack in enumerate(stacks):
         stack.index = index
+    warnings.extend(derive_roles(stacks, field_strength))
     _check_study(stacks, warnings)
     if not stacks:
         warnings.append("no Dixon images recognised in this study")
-    return StudyStacks(study_uid, stacks, warnings, ignored_frames=len(frames) - len(dixon))
+    return StudyStacks(study_uid, stacks, warnings, ignored_frames=len(frames) - len(dixon),
+                       field_strength_t=field_strength, incomplete_echoes=incomplete)
+
+
+def _usable(stacks: list[Stack], field_strength: float | None) -> tuple[list[Stack], list[str]]:
+    """Stacks to use, and why each stack of echoes only is not (too few echoes, yet)."""
+    kept, reasons = [], []
+    for stack in stacks:
+        echoes = stack.echo_times_ms()
+        stack.echo_set = is_echo_set(echoes, field_strength)
+        if stack.echo_set or has_dixon_roles(stack):
+            kept.append(stack)
+            continue
+        series = ", ".join(sorted(set(stack.series.values())))
+        found = describe_echoes(echoes, field_strength) if echoes else "phase only"
+        reasons.append(
+            f"echo images of series {series} ({found} at "
+            f"{_tesla(field_strength)}) make no Dixon set yet (an in- and an out-of-phase "
+            "echo magnitude, or three echoes): not used"
+        )
+    return kept, reasons
+
+
+def _tesla(field_strength: float | None) -> str:
+    return f"{field_strength:g} T" if field_strength is not None else "unknown field strength"
 
 
 def _orientation_key(frame: Frame) -> tuple[float, ...]:
@@ -83,7 +124,8 @@ def _normal(orientation: tuple[float, ...]) -> np.ndarray:
 def _group_role_frames(frames: list[Frame]) -> dict[tuple, list[Frame]]:
     groups: dict[tuple, list[Frame]] = defaultdict(list)
     for frame in frames:
-        key = (frame.series_instance_uid, frame.role, frame.stack_id, _orientation_key(frame))
+        key = (frame.series_instance_uid, frame.stack_role, frame.stack_id,
+               _orientation_key(frame))
         groups[key].append(frame)
     return groups
 
@@ -225,7 +267,8 @@ def _check_study(stacks: list[Stack], warnings: list[str]) -> None:
         label = f"stack {stack.index}"
         for role in stack.missing_roles():
             warnings.append(f"{label}: no {role} images")
-        for role, slots in sorted(stack.roles.items()):
+        for role in stack.acquired_roles():
+            slots = stack.roles[role]
             missing = [k for k, frame in enumerate(slots) if frame is None]
             if missing:
                 offsets = stack.geometry.slice_offsets()

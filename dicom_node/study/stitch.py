@@ -16,17 +16,23 @@ for all roles of a stack leaves F/(F+W) unchanged.
 
 Every stitched slice keeps its sources (stack, slice, weight), so results can be traced and
 mapped back onto each stack's own images (the DICOM-SEG references them).
+
+Echo magnitudes are magnitude roles like the others (same gain). Echo phases are not blended:
+a stitched slice takes the phase of the stack that weighs most there (averaging two
+acquisitions' phases, each with its own offset, would be neither), and interpolation works
+on cos and sin so that it never crosses a wrap.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from common.geometry import VolumeGeometry
-from common.study import Stack, StudyStacks
+from common.study import ECHO_PHASE, Stack, StudyStacks, parse_echo_role
 from dicom_node.study.pixels import fill_missing_slices, load_slices
 
 MAGNITUDE_ROLES = ("water", "fat", "in_phase", "out_of_phase")
@@ -197,36 +203,89 @@ def _gains(study: StudyStacks, plan: StitchPlan, warnings: list[str]) -> list[fl
     return gains
 
 
+def _blend(study: StudyStacks, plan: StitchPlan,
+           load: Callable[[Stack], list[np.ndarray]], winner_only: bool) -> list[np.ndarray]:
+    """Blend the volumes ``load`` gives for each stack onto the plan's grid with the plan's
+    weights; ``winner_only``: every stitched slice from its highest-weighted stack alone."""
+    shape = plan.geometry.shape
+    totals: list[np.ndarray] = []
+    weight_sum = np.zeros(shape, dtype=np.float32)
+    chosen = [max(entries, key=lambda e: e.weight) for entries in plan.sources]
+    for stack in study.stacks:
+        volumes = load(stack)
+        if not totals:
+            totals = [np.zeros(shape, dtype=np.float32) for _ in volumes]
+        for k, entries in enumerate(plan.sources):
+            for entry in entries:
+                if entry.stack != stack.index or (winner_only and entry is not chosen[k]):
+                    continue
+                weight = np.float32(1.0 if winner_only else entry.weight)
+                valid = None
+                for total, volume in zip(totals, volumes):
+                    values, valid = stack_on_grid(volume, stack.geometry, plan.geometry, k)
+                    total[k] += weight * values if valid is None else weight * values * valid
+                weight_sum[k] += weight if valid is None else weight * valid
+    for total in totals:
+        np.divide(total, weight_sum, out=total, where=weight_sum > 0)
+    return totals
+
+
+def _stitch_role(study: StudyStacks, role: str, plan: StitchPlan, gains: list[float],
+                 warnings: list[str]) -> np.ndarray:
+    echo = parse_echo_role(role)
+    if echo is not None and echo[0] == ECHO_PHASE:
+        return _stitch_phase(study, role, plan, warnings)
+    magnitude = role in MAGNITUDE_ROLES or echo is not None
+
+    def load(stack: Stack) -> list[np.ndarray]:
+        volume = _load_role(stack, role, warnings)
+        if magnitude and gains[stack.index] != 1.0:
+            volume *= np.float32(gains[stack.index])
+        return [volume]
+
+    return _blend(study, plan, load, winner_only=False)[0]
+
+
+def _stitch_phase(study: StudyStacks, role: str, plan: StitchPlan,
+                  warnings: list[str]) -> np.ndarray:
+    """Phase (radians) is not blended: each stitched slice takes the phase of the stack that
+    weighs most there, so every voxel's echoes keep the phase offsets of one acquisition.
+    Interpolation (missing slices, resampling) works on cos and sin, never across a wrap."""
+
+    def load(stack: Stack) -> list[np.ndarray]:
+        volume, present = load_slices(stack.roles[role], stack.geometry.shape[1:])
+        if not present.all():
+            warnings.append(
+                f"stack {stack.index} {role}: {int((~present).sum())} missing slice(s) "
+                "filled by interpolation between neighbours"
+            )
+        return [fill_missing_slices(np.cos(volume), present),
+                fill_missing_slices(np.sin(volume), present)]
+
+    cosine, sine = _blend(study, plan, load, winner_only=True)
+    return np.arctan2(sine, cosine).astype(np.float32)
+
+
+def _derived_from(study: StudyStacks, role: str) -> str | None:
+    """The echo role every stack takes ``role`` from (in_phase from an echo), else None."""
+    sources = {stack.derived.get(role) for stack in study.stacks}
+    return sources.pop() if len(sources) == 1 else None
+
+
 def stitch(
     study: StudyStacks, roles: list[str] | None = None, match_intensity: bool = True
 ) -> StitchedVolume:
-    """Load and stitch the given roles (default: every role present in all stacks)."""
+    """Load and stitch the given roles (default: every role present in all stacks); a role
+    taken from an echo is that echo's stitched image (loaded once)."""
     plan = plan_stitch(study.stacks)
     available = set.intersection(*(set(s.roles) for s in study.stacks))
     wanted = [r for r in (roles or sorted(available)) if r in available]
     warnings: list[str] = []
     gains = _gains(study, plan, warnings) if match_intensity else [1.0] * len(study.stacks)
-    images = {}
-    shape = plan.geometry.shape
+    stitched: dict[str, np.ndarray] = {}
     for role in wanted:
-        total = np.zeros(shape, dtype=np.float32)
-        weight_sum = np.zeros(shape, dtype=np.float32)
-        for stack in study.stacks:
-            volume = _load_role(stack, role, warnings)
-            if role in MAGNITUDE_ROLES and gains[stack.index] != 1.0:
-                volume *= np.float32(gains[stack.index])
-            for k, entries in enumerate(plan.sources):
-                for entry in entries:
-                    if entry.stack != stack.index:
-                        continue
-                    values, valid = stack_on_grid(volume, stack.geometry, plan.geometry, k)
-                    weight = np.float32(entry.weight)
-                    if valid is None:
-                        total[k] += weight * values
-                        weight_sum[k] += weight
-                    else:
-                        total[k] += weight * values * valid
-                        weight_sum[k] += weight * valid
-        np.divide(total, weight_sum, out=total, where=weight_sum > 0)
-        images[role] = total
+        source = _derived_from(study, role) or role
+        if source not in stitched:
+            stitched[source] = _stitch_role(study, source, plan, gains, warnings)
+    images = {role: stitched[_derived_from(study, role) or role] for role in wanted}
     return StitchedVolume(plan, images, gains, warnings)
