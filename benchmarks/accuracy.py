@@ -27,9 +27,17 @@ import time
 from pathlib import Path
 
 import yaml
+from bench_common import (
+    CACHE,
+    busy_processes,
+    conditions,
+    phantom,
+    record,
+    row,
+    row_note,
+)
 from myonode_config import load_yaml
 
-from common import CACHE, busy_processes, conditions, phantom, record, row, row_note
 from dicom_node.phantom.study import PhantomOptions
 from inference.evaluate import evaluate, summarize
 

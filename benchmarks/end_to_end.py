@@ -32,8 +32,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-
-from common import (
+from bench_common import (
     NodeProcess,
     benchmark_model,
     busy_processes,
@@ -47,6 +46,7 @@ from common import (
     row_note,
     wait_port,
 )
+
 from dicom_node.phantom.study import PhantomOptions
 
 GOAL_CPU_S = 120.0  # issue 6: <= 120 s on 2 CPU cores

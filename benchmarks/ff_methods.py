@@ -29,24 +29,14 @@ on a full study's worth of voxels (the phantom's echoes tiled to ~50 million vox
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 import time
 from pathlib import Path
 
+import bench_common
 import nibabel as nib
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
-
-# benchmarks/common.py would shadow the package ``common`` (common.geometry): take this
-# folder off the path and load the benchmarks' helpers under their own name.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-_spec = importlib.util.spec_from_file_location("bench_common", HERE / "common.py")
-bench_common = importlib.util.module_from_spec(_spec)
-sys.modules["bench_common"] = bench_common
-_spec.loader.exec_module(bench_common)
 
 from common.geometry import VolumeGeometry
 from inference.dixon.echoes import EchoSet

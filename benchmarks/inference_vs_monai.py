@@ -33,8 +33,7 @@ import time
 
 import numpy as np
 import torch
-
-from common import (
+from bench_common import (
     benchmark_model,
     busy_processes,
     conditions,
@@ -43,6 +42,7 @@ from common import (
     row,
     row_note,
 )
+
 from dicom_node.phantom.study import PhantomOptions
 from dicom_node.process import FF_ROLES, select_study
 from dicom_node.study.dixon_roles import DixonRules

@@ -32,9 +32,7 @@ import time
 from pathlib import Path
 
 import yaml
-from encode_seg_sr import MODEL, load, timed, write_all
-
-from common import (
+from bench_common import (
     CACHE,
     benchmark_model,
     busy_processes,
@@ -44,6 +42,8 @@ from common import (
     row,
     row_note,
 )
+from encode_seg_sr import MODEL, load, timed, write_all
+
 from dicom_node.phantom.study import PhantomOptions
 from reporting.seg import build_segmentations, load_reporting_config
 from reporting.sr import build_report

@@ -4,8 +4,11 @@ The phantom's anatomy and signals are judged against two real Siemens scans
 (``../shared/real-dixon``: a thigh, 10 slices 20 mm apart, and a 3D calf; MIT licence, see
 docs/real-dixon-LICENSE). The same functions (``realism_measures``) measure both: the real
 thigh's four central slices, and phantom thighs of ``SEEDS`` rendered at the same pixel size
-and slice spacing around mid-thigh (half-way from the knee joint line to the femoral head).
-The calf is measured on the real scan only until the phantom has a calf.
+and slice spacing around mid-thigh (half-way from the knee joint line to the femoral head);
+three real calf slices 5 mm apart at ``CALF_LEVEL`` of the imaged leg below its knee end, and
+phantom calves at the same pixel size and spacing, the same fraction of the phantom's calf
+station below its upper end. The phantom's echoes are simulated at the real scans' field
+strength and echo times (3 T; OP 3.45 ms, IP 4.60 ms).
 
     python benchmarks/realism.py             # print the table
     python benchmarks/realism.py --record    # also write docs/phantom-*.png and the table
@@ -15,35 +18,18 @@ The calf is measured on the real scan only until the phantom has a calf.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
+import bench_common
 import nibabel as nib
 import numpy as np
+import realism_measures as measures
 from PIL import Image
 
-# benchmarks/common.py would shadow the package ``common`` (common.geometry): take this
-# folder off the path and load the benchmarks' helpers under their own names.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-
-def _load(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, HERE / file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_common = _load("bench_common", "common.py")
-measures = _load("realism_measures", "realism_measures.py")
-
-from common.geometry import VolumeGeometry  # noqa: E402
-from inference.phantom.anatomy import make_subject, render  # noqa: E402
-from inference.phantom.layout import HIP_CENTRE  # noqa: E402
-from inference.phantom.signals import dixon_magnitudes  # noqa: E402
+from common.geometry import VolumeGeometry
+from inference.phantom.anatomy import make_subject, region_z_range_mm, render
+from inference.phantom.layout import HIP_CENTRE
+from inference.phantom.signals import dixon_magnitudes
 
 REPO = bench_common.REPO
 LegFigures, measure_slice, body_mask = measures.LegFigures, measures.measure_slice, measures.body_mask
@@ -55,7 +41,10 @@ SEEDS = (0, 1, 2, 3, 4)
 THIGH_SLICES = (3, 4, 5, 6)  # the real thigh's central slices (20 mm apart)
 PICTURE_SLICE = 4
 CALF_LEVEL = 0.35  # calf level: this fraction of the imaged leg length below its upper end
+CALF_SPACING_MM = 5.0  # the real calf's slice spacing
 SNR = 40.0  # the phantom command's default
+REAL_FIELD_T = 3.0  # the real scans' field strength and (out-of-phase, in-phase) echo times
+REAL_OP_IP_MS = (3.45, 4.60)
 
 FIGURES = (  # (LegFigures field or "noise_air", row name, format)
     ("diameter_mm", "leg diameter (circle of equal area), mm", "{:.0f}"),
@@ -82,19 +71,29 @@ def load_real(folder: str, op_name: str, ip_name: str) -> tuple[np.ndarray, np.n
     return np.asarray(ip.dataobj), np.asarray(op.dataobj), float(ip.header.get_zooms()[0])
 
 
-def phantom_thigh(seed: int, pixel_mm: float, n_slices: int,
-                  dz_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """IP and OP of a phantom subject around mid-thigh, [k, rows A->P, columns R->L]."""
+def phantom_level(seed: int, region: str) -> float:
+    """LPS z of the level measured: mid-thigh, or CALF_LEVEL down the calf station."""
     subject = make_subject(seed, "low")
-    mid_z = HIP_CENTRE[2] * subject.length_scale / 2
+    if region == "thigh":
+        return HIP_CENTRE[2] * subject.length_scale / 2
+    low, high = region_z_range_mm(subject, "calf")
+    return high - CALF_LEVEL * (high - low)
+
+
+def phantom_slices(seed: int, region: str, pixel_mm: float, n_slices: int,
+                   dz_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """IP and OP of a phantom subject around the region's level, [k, rows A->P, columns R->L]."""
+    subject = make_subject(seed, "low")
+    level = phantom_level(seed, region)
     n_cols, n_rows = 512, 320
     origin = (subject.offset_mm[0] - (n_cols - 1) / 2 * pixel_mm,
               subject.offset_mm[1] + 5.0 - (n_rows - 1) / 2 * pixel_mm,
-              mid_z - (n_slices - 1) / 2 * dz_mm)
+              level - (n_slices - 1) / 2 * dz_mm)
     geometry = VolumeGeometry((n_slices, n_rows, n_cols), (dz_mm, pixel_mm, pixel_mm), origin,
                               (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
     images = dixon_magnitudes(render(subject, geometry), geometry, subject,
-                              np.random.default_rng(seed), snr=SNR, stack_falloff=False)
+                              np.random.default_rng(seed), snr=SNR, stack_falloff=False,
+                              field_strength_t=REAL_FIELD_T, echo_times_ms=REAL_OP_IP_MS)
     return images["in_phase"].astype(np.float64), images["out_of_phase"].astype(np.float64)
 
 
@@ -166,37 +165,35 @@ def run(record: bool) -> None:
     real_thigh = [measure_slice(display(ip, k), display(op, k), pixel) for k in THIGH_SLICES]
     real_panels = panels(display(ip, PICTURE_SLICE), display(op, PICTURE_SLICE),
                          real_thigh[THIGH_SLICES.index(PICTURE_SLICE)][0])
-    phantom_slices, phantom_panels = [], []
-    for seed in SEEDS:
-        p_ip, p_op = phantom_thigh(seed, pixel, len(THIGH_SLICES), 20.0)
-        measured = [measure_slice(p_ip[k], p_op[k], pixel) for k in range(len(THIGH_SLICES))]
-        phantom_slices += measured
-        if seed == SEEDS[0]:
-            phantom_panels = panels(p_ip[1], p_op[1], measured[1][0])
+    phantom_thighs, thigh_panels = measure_phantoms("thigh", pixel, len(THIGH_SLICES), 20.0)
 
     c_ip, c_op, c_pixel = load_real("siemens-calf", "0026-dix3d_TR23_448m_fa05_345.nii.gz",
                                     "0028-dix3d_TR23_448m_fa05_460.nii.gz")
     level = calf_level(c_ip)
     real_calf = [measure_slice(display(c_ip, k), display(c_op, k), c_pixel)
                  for k in (level - 1, level, level + 1)]
+    phantom_calves, calf_panels = measure_phantoms("calf", c_pixel, 3, CALF_SPACING_MM)
 
-    columns = [summarise(real_thigh), summarise(phantom_slices), summarise(real_calf)]
+    columns = [summarise(real_thigh), summarise(phantom_thighs), summarise(real_calf),
+               summarise(phantom_calves)]
     lines = ["| figure | real thigh | phantom thigh | real calf | phantom calf |",
              "|---|---|---|---|---|"]
     for name, label, fmt in FIGURES:
         cells = [cell(values[name], fmt) for values in columns]
-        lines.append(f"| {label} | " + " | ".join(cells) + " | no calf phantom yet |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     note = bench_common.row_note([f"real thigh slices {THIGH_SLICES}, phantom seeds {SEEDS} at snr {SNR:g} "
                      f"({len(THIGH_SLICES)} slices 20 mm apart around mid-thigh), real calf "
-                     f"slices {level - 1}..{level + 1}; median (range) over legs and slices"],
+                     f"slices {level - 1}..{level + 1} and phantom calves 3 slices "
+                     f"{CALF_SPACING_MM:g} mm apart at {CALF_LEVEL:.0%} of the calf; median "
+                     "(range) over legs and slices"],
                     [], f"{cond.date}, commit {cond.commit}, {cond.machine}")
     table = "\n".join(lines) + f"\n\n{note}\n"
     print(table)
     if record:
         docs = REPO / "docs"
-        picture([real_panels, phantom_panels], docs / "phantom-thigh.png")
+        picture([real_panels, thigh_panels], docs / "phantom-thigh.png")
         calf = display(c_ip, level), display(c_op, level)
-        picture([panels(*calf, real_calf[1][0])], docs / "phantom-calf.png")
+        picture([panels(*calf, real_calf[1][0]), calf_panels], docs / "phantom-calf.png")
         text = DOC.read_text(encoding="utf-8")
         if BEGIN not in text or END not in text:
             raise SystemExit(f"{DOC} has no markers {BEGIN} ... {END}")
@@ -204,6 +201,21 @@ def run(record: bool) -> None:
         DOC.write_text(head + BEGIN + "\n" + table + END + rest.split(END, 1)[1],
                        encoding="utf-8")
         print(f"recorded the table in {DOC.relative_to(REPO)} and the pictures in docs/")
+
+
+def measure_phantoms(region: str, pixel_mm: float, n_slices: int,
+                     dz_mm: float) -> tuple[list[tuple[list[LegFigures], float]], list[np.ndarray]]:
+    """The figures of every seed's slices, and the panels of the first seed's middle slice."""
+    measured_all: list[tuple[list[LegFigures], float]] = []
+    first: list[np.ndarray] = []
+    middle = n_slices // 2
+    for seed in SEEDS:
+        ip, op = phantom_slices(seed, region, pixel_mm, n_slices, dz_mm)
+        measured = [measure_slice(ip[k], op[k], pixel_mm) for k in range(n_slices)]
+        measured_all += measured
+        if seed == SEEDS[0]:
+            first = panels(ip[middle], op[middle], measured[middle][0])
+    return measured_all, first
 
 
 def calf_level(ip: np.ndarray) -> int:

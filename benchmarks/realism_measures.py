@@ -13,8 +13,10 @@ How the figures are found:
 * **Diameter.** Of a circle of the leg's cross-sectional area.
 * **Subcutaneous fat.** Along ``N_RAYS`` rays from the leg's centroid, inward from the skin:
   the first dip of OP / IP below ``DIP_FRACTION`` of its 90th percentile on the ray (the
-  fat-water cancellation line of the deep fascia), searched from ``SKIN_MM`` inside the edge; thickness = skin edge to the bottom of
-  the dip. The leg's figure is the median over rays (robust to a vessel or septum on a few).
+  fat-water cancellation line of the deep fascia), searched from ``SKIN_MM`` inside the edge,
+  that muscle follows (the median OP / IP over the next ``MUSCLE_RUN_MM`` at least
+  ``MUSCLE_RATIO``): the skin is water-rich too, and the dip at its inner border is followed
+  by fat, whose OP / IP is lower. Thickness = skin edge to the bottom of the dip. The leg's figure is the median over rays (robust to a vessel or septum on a few).
 * **Muscle.** Pixels inside the fascia line (``MARGIN_MM`` from it), not bone (dark cortex and
   what it encloses), with OP / IP at least ``MUSCLE_RATIO`` (no fat-water interface) and IP
   within ``MUSCLE_BAND`` of their median (drops intermuscular fat and vessels).
@@ -47,6 +49,7 @@ DIP_FRACTION = 0.8
 MAX_FAT_MM = 60.0
 MARGIN_MM = 1.5
 MUSCLE_RATIO = 0.8
+MUSCLE_RUN_MM = 4.0
 MUSCLE_BAND = 0.3
 AIR_MARGIN_MM = 10.0
 BONE_DARK = 0.35  # cortex: IP below this fraction of the median IP inside the fascia
@@ -145,15 +148,26 @@ def fascia_depths(ip: np.ndarray, op: np.ndarray, leg: np.ndarray,
         if not search.any():
             continue
         threshold = DIP_FRACTION * np.percentile(along[search], 90)
-        below = np.flatnonzero(search & (along < threshold))
-        if below.size == 0:
-            continue
-        start = below[0]
-        stop = start
-        while stop + 1 < along.size and along[stop + 1] < threshold:
-            stop += 1
-        depths[n] = depth_mm[start + int(np.argmin(along[start:stop + 1]))]
+        depths[n] = _fascia_dip(along, depth_mm, search & (along < threshold),
+                                int(round(MUSCLE_RUN_MM / (step * pixel_mm))))
     return angles, edges, depths
+
+
+def _fascia_dip(along: np.ndarray, depth_mm: np.ndarray, below: np.ndarray, run: int) -> float:
+    """Depth of the bottom of the first run of ``below`` samples that muscle follows."""
+    n = 0
+    while n < along.size:
+        if not below[n]:
+            n += 1
+            continue
+        stop = n
+        while stop + 1 < along.size and below[stop + 1]:
+            stop += 1
+        after = along[stop + 1:stop + 1 + run]
+        if after.size == run and np.median(after) >= MUSCLE_RATIO:
+            return float(depth_mm[n + int(np.argmin(along[n:stop + 1]))])
+        n = stop + 1
+    return float("nan")
 
 
 def _polygon_mask(shape: tuple[int, int], centre: np.ndarray, angles: np.ndarray,

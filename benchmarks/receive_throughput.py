@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (
+from bench_common import (
     NodeProcess,
     busy_processes,
     conditions,
@@ -50,6 +50,7 @@ from common import (
     row_note,
     wait_port,
 )
+
 from dicom_node.phantom.study import PhantomOptions
 
 IMAGES = 400

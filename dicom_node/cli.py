@@ -24,7 +24,8 @@ def _phantom(args: argparse.Namespace) -> int:
         seed=args.seed,
         infiltration=args.infiltration,
         vendor=args.vendor,
-        stacks=args.stacks,
+        stacks=args.stacks or 3,
+        calf_stacks=args.stacks or 2,
         slices=args.slices if args.slices is not None else default_slices(
             args.slice_thickness, args.slice_gap
         ),
@@ -34,13 +35,16 @@ def _phantom(args: argparse.Namespace) -> int:
         oblique_deg=args.oblique,
         slice_thickness=args.slice_thickness,
         slice_gap=args.slice_gap,
+        region=args.region,
+        dixon_output=args.dixon_output,
     )
     started = time.perf_counter()
     paths = make_phantom(Path(args.out_dir), options)
     elapsed = time.perf_counter() - started
+    stacks = " + ".join(f"{options.stacks_of(s)} {s}" for s in options.stations)
     print(
         f"wrote {len(paths)} DICOM files and truth/ to {args.out_dir} in {elapsed:.1f} s "
-        f"({options.stacks} stack(s), vendor {options.vendor}, {options.infiltration} "
+        f"({stacks} stack(s), vendor {options.vendor}, {options.infiltration} "
         "infiltration)"
     )
     return 0
@@ -95,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     phantom = commands.add_parser(
-        "phantom", help="write a synthetic Dixon thigh study with ground truth"
+        "phantom", help="write a synthetic Dixon study (thighs, calves or both) with ground truth"
     )
     phantom.add_argument("out_dir", help="folder to write dicom/ and truth/ into")
     phantom.add_argument("--seed", type=int, default=0)
@@ -103,7 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument(
         "--vendor", choices=["siemens", "philips", "philips-enhanced", "ge"], default="siemens"
     )
-    phantom.add_argument("--stacks", type=int, choices=[1, 2, 3], default=3)
+    phantom.add_argument(
+        "--region", choices=["thigh", "calf", "both"], default="thigh",
+        help="thigh (knee to hip), calf (ankle to knee) or both stations in one study, as "
+             "separate series (truth/thigh/ and truth/calf/)",
+    )
+    phantom.add_argument(
+        "--stacks", type=int, choices=[1, 2, 3], default=None,
+        help="stacks per station (default 3 for the thigh, 2 for the calf)",
+    )
     phantom.add_argument(
         "--slices", type=int, default=None,
         help="slices per stack (default 140, or a 280 mm stack with --slice-thickness)",
@@ -123,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument(
         "--slice-gap", type=float, default=0.0, metavar="MM",
         help="gap between 2D slices, edge to edge (spacing = thickness + gap)",
+    )
+    phantom.add_argument(
+        "--dixon-output", choices=["scanner", "echoes", "echoes+phase"], default="scanner",
+        help="scanner: the scanner's water, fat, in- and out-of-phase images; echoes: only the "
+             "echo magnitudes (siemens 3 T 3.45/4.60/5.75 ms, ge 1.5 T 2.2/4.4 ms); "
+             "echoes+phase: and each echo's phase (docs/vendors.md)",
     )
     phantom.set_defaults(run=_phantom)
 

@@ -1,8 +1,11 @@
-"""``myonode phantom``: a synthetic Dixon thigh study as DICOM files, with its ground truth.
+"""``myonode phantom``: a synthetic Dixon study of the thighs, the calves or both, as DICOM
+files, with its ground truth.
 
-The anatomy is rendered once on the stitched grid (all stacks together) and each stack is a
-slab of it with its own noise, coil falloff and DICOM series, so stitching can be checked
-against exact positions. The field of view stays that of the reference protocol (Huysmans
+Each station (thigh: knee to hip; calf: ankle to knee) is rendered once on its stitched grid
+(all of its stacks together) and each stack is a slab of it with its own noise, coil falloff
+and DICOM series, so stitching can be checked against exact positions. ``region="both"``
+writes the thigh and the calf station of one patient into one study, as separate series, and
+a truth folder per station. The field of view stays that of the reference protocol (Huysmans
 2023: 384x384 at 1.2 mm, 140 slices of 2 mm per stack) when ``slices``/``matrix`` are reduced:
 small test studies cover the same anatomy at a coarser resolution.
 
@@ -24,9 +27,14 @@ from pydicom.uid import generate_uid
 from common.geometry import VolumeGeometry
 from common.muscles import load_muscles
 from dicom_node.phantom.attributes import StudyInfo
+from dicom_node.phantom.echo_output import stack_images
 from dicom_node.phantom.writer import StackImages, write_study
-from inference.phantom.anatomy import PhantomVolumes, make_subject, render
-from inference.phantom.signals import dixon_magnitudes
+from inference.phantom.anatomy import (
+    PhantomVolumes,
+    make_subject,
+    region_z_range_mm,
+    render,
+)
 from inference.phantom.subject import Subject
 from inference.phantom.thick_slices import render_thick
 
@@ -37,7 +45,16 @@ REFERENCE_SLICE_MM = 2.0
 # Overlap between neighbouring stacks: the seed's 3 stacks of 140 slices gave 355 slices.
 DEFAULT_OVERLAP_FRACTION = 0.23
 # Protocol options that, when unset, leave the study UIDs as they were before they existed.
-UID_NEUTRAL_DEFAULTS = {"slice_thickness": None, "slice_gap": 0.0}
+UID_NEUTRAL_DEFAULTS = {"slice_thickness": None, "slice_gap": 0.0, "region": "thigh",
+                        "calf_stacks": 2, "dixon_output": "scanner"}
+# What a seed renders: bumped whenever the anatomy or the signals change, so a study made by
+# an older phantom is never mistaken for one of this phantom (truth.json records it).
+PHANTOM_VERSION = 2
+REGIONS = ("thigh", "calf", "both")
+# What each region writes, in acquisition order: the stations of common.muscles.REGIONS.
+STATIONS = {"thigh": ("thigh",), "calf": ("calf",), "both": ("thigh", "calf")}
+STUDY_DESCRIPTIONS = {"thigh": "MR thighs Dixon", "calf": "MR calves Dixon",
+                      "both": "MR thighs and calves Dixon"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +64,7 @@ class PhantomOptions:
     seed: int = 0
     infiltration: str = "low"
     vendor: str = "siemens"
-    stacks: int = 3
+    stacks: int = 3  # stacks of the thigh station
     slices: int = REFERENCE_SLICES
     matrix: int = REFERENCE_MATRIX
     overlap: int | None = None  # slices shared by neighbouring stacks
@@ -55,6 +72,21 @@ class PhantomOptions:
     oblique_deg: float = 0.0  # tilt of the slices about the patient's left-right axis
     slice_thickness: float | None = None  # mm; set for 2D multi-slice, None for the 3D stack
     slice_gap: float = 0.0  # mm between neighbouring 2D slices (edge to edge)
+    region: str = "thigh"  # "thigh", "calf" or "both" (one study with both stations)
+    calf_stacks: int = 2  # stacks of the calf station (the lower leg is ~2/3 of the thigh's length)
+    # "scanner" (water, fat, IP, OP), "echoes" or "echoes+phase" (dicom_node/phantom/echo_output.py)
+    dixon_output: str = "scanner"
+
+    @property
+    def stations(self) -> tuple[str, ...]:
+        """The stations this study holds, in acquisition order."""
+        if self.region not in STATIONS:
+            raise ValueError(f"--region must be one of {', '.join(REGIONS)}, not {self.region!r}")
+        return STATIONS[self.region]
+
+    def stacks_of(self, station: str) -> int:
+        """Number of stacks of one station."""
+        return self.calf_stacks if station == "calf" else self.stacks
 
     @property
     def multi_slice(self) -> bool:
@@ -91,21 +123,23 @@ def default_slices(slice_thickness: float | None, slice_gap: float = 0.0) -> int
     return max(4, int(round(length / (slice_thickness + slice_gap))))
 
 
-def stitched_grid(options: PhantomOptions, subject: Subject) -> VolumeGeometry:
-    """The grid of all stacks together, centred on the subject's thighs."""
-    if not 1 <= options.stacks <= 3:
+def stitched_grid(options: PhantomOptions, subject: Subject,
+                  station: str = "thigh") -> VolumeGeometry:
+    """The grid of all stacks of one station together, centred on that part of the legs."""
+    stacks = options.stacks_of(station)
+    if not 1 <= stacks <= 3:
         raise ValueError("--stacks must be 1, 2 or 3")
     if options.slices < 4 or options.matrix < 16:
         raise ValueError("a phantom needs at least 4 slices and a 16x16 matrix")
     pixel = REFERENCE_PIXEL_MM * REFERENCE_MATRIX / options.matrix
     dz = options.slice_spacing_mm()
     step = options.slices - options.overlap_slices()
-    n_slices = step * (options.stacks - 1) + options.slices
+    n_slices = step * (stacks - 1) + options.slices
     tilt = np.deg2rad(options.oblique_deg)
     row = np.array([1.0, 0.0, 0.0])
     col = np.array([0.0, np.cos(tilt), -np.sin(tilt)])
     normal = np.cross(row, col)
-    z_lo, z_hi = subject.z_range_mm
+    z_lo, z_hi = region_z_range_mm(subject, station)
     centre = np.array([0.0, 0.0, (z_lo + z_hi) / 2])
     origin = (
         centre
@@ -122,10 +156,10 @@ def stitched_grid(options: PhantomOptions, subject: Subject) -> VolumeGeometry:
     )
 
 
-def stack_slabs(options: PhantomOptions) -> list[tuple[int, int]]:
-    """(start, stop) slice ranges of each stack inside the stitched grid."""
+def stack_slabs(options: PhantomOptions, station: str = "thigh") -> list[tuple[int, int]]:
+    """(start, stop) slice ranges of each stack of a station inside its stitched grid."""
     step = options.slices - options.overlap_slices()
-    return [(s * step, s * step + options.slices) for s in range(options.stacks)]
+    return [(s * step, s * step + options.slices) for s in range(options.stacks_of(station))]
 
 
 def study_info(options: PhantomOptions) -> StudyInfo:
@@ -134,7 +168,7 @@ def study_info(options: PhantomOptions) -> StudyInfo:
               if name not in UID_NEUTRAL_DEFAULTS or value != UID_NEUTRAL_DEFAULTS[name]}
     key = json.dumps(fields, sort_keys=True)
     return StudyInfo(
-        patient_name=f"PHANTOM^THIGH^{options.seed}",
+        patient_name=f"PHANTOM^{options.region.upper()}^{options.seed}",
         patient_id=f"MYONODE-PH{options.seed:06d}",
         birth_date="19700101",
         sex="O",
@@ -143,7 +177,21 @@ def study_info(options: PhantomOptions) -> StudyInfo:
         study_time="080000",
         accession=f"PH{options.seed:06d}",
         frame_of_reference_uid=generate_uid(entropy_srcs=["frame-of-reference", key]),
+        study_description=STUDY_DESCRIPTIONS[options.region],
     )
+
+
+def station_truth(volumes: PhantomVolumes, station: str) -> PhantomVolumes:
+    """The truth of one station: labels of muscles of other regions become background.
+
+    A thigh station reaches below the knee and a calf station above it; their truths hold
+    the muscles their region's model segments (``config/muscles.yaml``), so a score of one
+    station never counts the other region's muscles as missed.
+    """
+    own = np.zeros(load_muscles().left_label_offset + 100, dtype=bool)
+    own[list(load_muscles().for_region(station).combined_labels())] = True
+    labels = np.where(own[volumes.labels], volumes.labels, 0).astype(np.int16)
+    return PhantomVolumes(labels, volumes.water, volumes.fat)
 
 
 def truth_summary(volumes: PhantomVolumes, geometry: VolumeGeometry) -> dict:
@@ -174,10 +222,9 @@ def truth_summary(volumes: PhantomVolumes, geometry: VolumeGeometry) -> dict:
     return {"muscles": muscles, "overall_ff_pct": round(overall, 3)}
 
 
-def write_truth(out_dir: Path, volumes: PhantomVolumes, geometry: VolumeGeometry,
-                options: PhantomOptions) -> None:
-    """``truth/labels.nii.gz`` (RAS affine, array in i,j,k order) and ``truth/truth.json``."""
-    truth_dir = out_dir / "truth"
+def write_truth(truth_dir: Path, volumes: PhantomVolumes, geometry: VolumeGeometry,
+                options: PhantomOptions, station: str) -> None:
+    """``labels.nii.gz`` (RAS affine, array in i,j,k order) and ``truth.json`` of a station."""
     truth_dir.mkdir(parents=True, exist_ok=True)
     data = np.ascontiguousarray(volumes.labels.transpose(2, 1, 0))
     image = nib.Nifti1Image(data, geometry.affine_ras_ijk())
@@ -190,6 +237,7 @@ def write_truth(out_dir: Path, volumes: PhantomVolumes, geometry: VolumeGeometry
         "right leg muscle n has label n, left leg muscle n has label 100 + n "
         "(n as in config/muscles.yaml); 0 is background"
     )
+    summary["region"] = station
     summary["slices"] = {
         "acquisition": "2D" if options.multi_slice else "3D",
         "thickness_mm": options.slice_thickness or geometry.spacing[0],
@@ -202,31 +250,51 @@ def write_truth(out_dir: Path, volumes: PhantomVolumes, geometry: VolumeGeometry
         ),
     }
     summary["phantom"] = dict(options.__dict__)
+    summary["phantom_version"] = PHANTOM_VERSION
     with open(truth_dir / "truth.json", "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
 
 
 def make_phantom(out_dir: Path, options: PhantomOptions) -> list[Path]:
-    """Write one phantom study (DICOM files and truth) under ``out_dir``; returns the files."""
+    """Write one phantom study (DICOM files and truth) under ``out_dir``; returns the files.
+
+    The truth of a single station is ``truth/``; with both stations ``truth/thigh/`` and
+    ``truth/calf/``, each on its own stitched grid.
+    """
     subject = make_subject(options.seed, options.infiltration)  # type: ignore[arg-type]
-    grid = stitched_grid(options, subject)
-    if options.slice_thickness is None:
-        volumes = render(subject, grid)
-    else:
-        volumes = render_thick(subject, grid, options.slice_thickness)
     rng = np.random.default_rng([options.seed, 1])
+    info = study_info(options)
+    stacks: list[StackImages] = []
+    for station in options.stations:
+        grid = stitched_grid(options, subject, station)
+        volumes = _render_station(subject, grid, options)
+        stacks += _station_stacks(volumes, grid, subject, options, station, rng)
+        truth_dir = out_dir / "truth" / station if options.region == "both" else out_dir / "truth"
+        write_truth(truth_dir, station_truth(volumes, station), grid, options, station)
+    return write_study(out_dir / "dicom", options.vendor, info, stacks, rng)
+
+
+def _render_station(subject: Subject, grid: VolumeGeometry,
+                    options: PhantomOptions) -> PhantomVolumes:
+    if options.slice_thickness is None:
+        return render(subject, grid)
+    return render_thick(subject, grid, options.slice_thickness)
+
+
+def _station_stacks(volumes: PhantomVolumes, grid: VolumeGeometry, subject: Subject,
+                    options: PhantomOptions, station: str,
+                    rng: np.random.Generator) -> list[StackImages]:
+    """The stacks of one station, each a slab of its stitched grid with its own noise."""
     stacks = []
-    for start, stop in stack_slabs(options):
+    for start, stop in stack_slabs(options, station):
         slab = PhantomVolumes(
             volumes.labels[start:stop], volumes.water[start:stop], volumes.fat[start:stop]
         )
         geometry = grid.sub_slab(start, stop)
         # The falloff models a 3D slab's excitation profile; 2D slices are excited one by one.
-        images = dixon_magnitudes(slab, geometry, subject, rng, snr=options.snr,
-                                  stack_falloff=not options.multi_slice)
+        images = stack_images(slab, geometry, subject, rng, options.dixon_output,
+                              options.vendor, snr=options.snr,
+                              stack_falloff=not options.multi_slice)
         stacks.append(StackImages(geometry=geometry, images=images,
                                   slice_thickness=options.slice_thickness))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = write_study(out_dir / "dicom", options.vendor, study_info(options), stacks, rng)
-    write_truth(out_dir, volumes, grid, options)
-    return paths
+    return stacks

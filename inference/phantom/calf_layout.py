@@ -15,7 +15,7 @@ just below the knee, the gastrocnemius bellies ending at about mid-calf (lateral
 than the medial), soleus from the fibular head to the distal third, tibialis anterior, extensor
 digitorum longus and peroneus longus from the knee, extensor hallucis longus, peroneus brevis
 and flexor hallucis longus from the middle third down to the ankle. Sizes: see
-``docs/phantom-anatomy.md``. The four compartments (anterior, lateral, superficial and deep
+``docs/phantom.md`` (Anatomy). The four compartments (anterior, lateral, superficial and deep
 posterior) are separated by the intermuscular septa, the transverse septum and the
 interosseous membrane.
 """

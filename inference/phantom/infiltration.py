@@ -2,7 +2,7 @@
 
 Muscular dystrophies replace muscle by fat in disease-specific patterns, so a segmentation model
 meets muscles that look healthy next to muscles that look like fat. The patterns below are
-simplified from the muscle-MRI literature (sources in ``docs/phantom-anatomy.md``):
+simplified from the muscle-MRI literature (sources in ``docs/phantom.md`` (Anatomy)):
 
 * Becker muscular dystrophy: gluteus maximus, adductors, hamstrings and quadriceps affected,
   gracilis, sartorius and semitendinosus spared; in the calf the posterior compartment

@@ -18,7 +18,7 @@ Muscle levels follow standard cross-sectional anatomy (origins and insertions as
 Anatomy): gluteals and TFL only around the hip, pectineus and adductor brevis proximally, the
 short head of biceps femoris in the distal half, vasti down to the patella, semimembranosus,
 gracilis and sartorius down to the knee. Sizes and the level of each muscle's largest
-cross-section follow the sources in ``docs/phantom-anatomy.md``. Compartments (anterior,
+cross-section follow the sources in ``docs/phantom.md`` (Anatomy). Compartments (anterior,
 medial, posterior, each gluteal and hip muscle group) are separated by intermuscular septa.
 """
 

@@ -4,7 +4,7 @@ A model trained on the phantom must meet the people it will see: lean and obese,
 old, men and women. Each subject is drawn as a person first; the anatomy's size factors
 (subcutaneous fat thickness, muscle bulk, bone size, atrophy with age, intermuscular fat)
 follow from that person with some individual scatter. Sources of the numbers are in
-``docs/phantom-anatomy.md``; the nominal atlas is a young adult of 1.70 m.
+``docs/phantom.md`` (Anatomy); the nominal atlas is a young adult of 1.70 m.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ benchmark started (the machine may be shared with other work).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from dicom_node.phantom.study import PhantomOptions, make_phantom
+from dicom_node.phantom.study import PHANTOM_VERSION, PhantomOptions, make_phantom
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = REPO / "BENCHMARKS.md"
@@ -124,15 +125,26 @@ def busy_processes(threshold_pct: float = 20.0, exclude: set[int] | None = None)
 
 
 def phantom(name: str, options: PhantomOptions) -> Path:
-    """The DICOM folder of a phantom study, made once and kept under the cache folder."""
+    """The DICOM folder of a phantom study, made once and kept under the cache folder; made
+    again when the cached one came from other options or an older phantom."""
     folder = CACHE / name
-    marker = folder / "truth" / "truth.json"
-    if not marker.is_file():
+    if not _cached_phantom_matches(folder, options):
         if folder.exists():
             shutil.rmtree(folder)
         print(f"making phantom {name} in {folder} ...", flush=True)
         make_phantom(folder, options)
     return folder / "dicom"
+
+
+def _cached_phantom_matches(folder: Path, options: PhantomOptions) -> bool:
+    """True when ``folder`` holds a complete study of ``options`` by this phantom version."""
+    markers = [folder / "truth" / "truth.json", folder / "truth" / "thigh" / "truth.json"]
+    marker = next((m for m in markers if m.is_file()), None)
+    if marker is None:
+        return False
+    truth = json.loads(marker.read_text(encoding="utf-8"))
+    return (truth.get("phantom_version") == PHANTOM_VERSION
+            and truth.get("phantom") == json.loads(json.dumps(options.__dict__)))
 
 
 def dicom_files(folder: Path) -> list[Path]:
