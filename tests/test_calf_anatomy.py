@@ -9,6 +9,7 @@ infiltration patterns of the diseases that start in the calf.
 
 from __future__ import annotations
 
+import anatomy_helpers as slices
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -53,12 +54,7 @@ def calf_grid(subject, pixel: float = 2.0, n: int = 230, step: float = 10.0) -> 
 def leg_slice(subject, h: float, side: int = 0, pixel: float = 1.0, n: int = 170,
               centre: tuple[float, float] = (8.0, 25.0)) -> PhantomVolumes:
     """One axial slice around one calf at nominal height ``h`` (leg coordinates ``centre``)."""
-    leg = SectionRenderer(subject).legs[side]
-    x, y = leg.to_global(*centre, h)
-    grid = VolumeGeometry((1, n, n), (2.0, pixel, pixel),
-                          (x - (n - 1) / 2 * pixel, y - (n - 1) / 2 * pixel, subject.z_at(h)),
-                          (1, 0, 0), (0, 1, 0), (0, 0, 1))
-    return render(subject, grid)
+    return slices.leg_slice(subject, h, side, pixel, n, centre)[0]
 
 
 def label(code: str, side: str = "right") -> int:
@@ -67,20 +63,6 @@ def label(code: str, side: str = "right") -> int:
 
 def area_cm2(volumes: PhantomVolumes, code: str, pixel: float, side: str = "right") -> float:
     return float((volumes.labels[0] == label(code, side)).sum()) * pixel * pixel / 100.0
-
-
-def deep_region(labels: np.ndarray, pixel: float) -> np.ndarray:
-    """Between and inside the muscles: labelled voxels closed over gaps of a few mm."""
-    closed = ndimage.binary_closing(labels > 0, iterations=round(4.0 / pixel))
-    return ndimage.binary_fill_holes(closed)
-
-
-def muscle_mass(water: np.ndarray) -> np.ndarray:
-    """The region inside the crural fascia: the largest lean component and what it encloses."""
-    lean, _ = ndimage.label(water > 0.3)
-    sizes = np.bincount(lean.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(lean == np.argmax(sizes))
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +186,7 @@ def test_left_and_right_calves_mirror_each_other():
 def test_calf_vessels_deep_and_superficial(subject):
     volumes = leg_slice(subject, -200.0, pixel=0.5, n=300)
     water, fat = volumes.water[0], volumes.fat[0]
-    inside = deep_region(volumes.labels[0], 0.5)
+    inside = slices.deep_region(volumes.labels[0], 0.5)
     body = ndimage.binary_fill_holes((water + fat) > 0.5)
     blood = (water > 0.86) & (fat < 0.05)
     n_deep = ndimage.label(blood & inside)[1]
@@ -246,7 +228,7 @@ def test_crural_fascia_septa_and_interosseous_membrane(subject):
               for p in samples]
     assert all(across)
     # Crural fascia: a low-signal line just outside the muscles all round.
-    inside = muscle_mass(volumes.water[0])
+    inside = slices.muscle_mass(volumes.water[0])
     edge = inside & ~ndimage.binary_erosion(inside)
     ring = ndimage.binary_dilation(edge, iterations=round(2.0 / pixel)) & ~inside
     near_dark = ndimage.binary_dilation(dark & ring, iterations=round(1.0 / pixel))

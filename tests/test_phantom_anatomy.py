@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 
+import anatomy_helpers as slices
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from common.geometry import VolumeGeometry
 from common.muscles import load_muscles
+from inference.dixon.echoes import phase_echo_time_ms
 from inference.phantom import atlas, calf_layout, population
 from inference.phantom.anatomy import PhantomVolumes, make_subject, render
 from inference.phantom.layout import H_BOTTOM, MUSCLE_CODES
 from inference.phantom.section import SectionRenderer
-from inference.dixon.echoes import phase_echo_time_ms
-from inference.phantom.signals import SIGNAL_SCALE, bias_field, dixon_magnitudes, echo_images
+from inference.phantom.signals import (
+    SIGNAL_SCALE,
+    bias_field,
+    dixon_magnitudes,
+    echo_images,
+)
 
 FOV_MM = 460.8
 FEMUR_HIP_H = 430.0  # nominal height of the femoral head centre above the knee joint line
@@ -51,13 +57,8 @@ def axial_grid(subject, n: int = 96, n_slices: int = 70, fov: float = FOV_MM,
 
 def leg_slice(subject, h: float, side: int = 0, pixel: float = 1.0, n: int = 220,
               centre: tuple[float, float] = (5.0, 10.0)) -> tuple[PhantomVolumes, VolumeGeometry]:
-    """One axial slice of ``n`` x ``n`` pixels around one leg at nominal height ``h``."""
-    leg = SectionRenderer(subject).legs[side]
-    x, y = leg.to_global(*centre, h)
-    origin = (x - (n - 1) / 2 * pixel, y - (n - 1) / 2 * pixel, subject.z_at(h))
-    grid = VolumeGeometry((1, n, n), (2.0, pixel, pixel), origin, (1, 0, 0), (0, 1, 0),
-                          (0, 0, 1))
-    return render(subject, grid), grid
+    """One axial slice of ``n`` x ``n`` pixels around one thigh at nominal height ``h``."""
+    return slices.leg_slice(subject, h, side, pixel, n, centre)
 
 
 def areas_cm2(labels: np.ndarray, pixel: float) -> dict[int, float]:
@@ -65,24 +66,10 @@ def areas_cm2(labels: np.ndarray, pixel: float) -> dict[int, float]:
     return {label: counts[label] * pixel * pixel / 100.0 for label in np.nonzero(counts)[0]}
 
 
-def deep_region(labels: np.ndarray, pixel: float) -> np.ndarray:
-    """Between and inside the muscles: labelled voxels closed over gaps of a few mm."""
-    closed = ndimage.binary_closing(labels > 0, iterations=round(4.0 / pixel))
-    return ndimage.binary_fill_holes(closed)
-
-
-def muscle_mass(water: np.ndarray) -> np.ndarray:
-    """The region inside the deep fascia: the largest lean component with what it encloses."""
-    lean, _ = ndimage.label(water > 0.3)
-    sizes = np.bincount(lean.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(lean == np.argmax(sizes))
-
-
 def subcutaneous_mm(volumes: PhantomVolumes, pixel: float, rays: int = 72) -> float:
     """Median over rays from the muscles' centre of the skin-to-fascia distance."""
     water, total = volumes.water[0], (volumes.water + volumes.fat)[0]
-    inside, body = muscle_mass(water), ndimage.binary_fill_holes(total > 0.5)
+    inside, body = slices.muscle_mass(water), ndimage.binary_fill_holes(total > 0.5)
     jj, ii = np.nonzero(inside)
     cj, ci = jj.mean(), ii.mean()
     steps = np.arange(0.0, 200.0, 0.25) / pixel
@@ -433,7 +420,7 @@ def test_thigh_vessels_deep_and_saphenous():
                    if s.subcutaneous_mm > 10.0)
     volumes, _ = leg_slice(subject, 250.0, pixel=0.8, n=300)
     water, fat = volumes.water[0], volumes.fat[0]
-    inside = deep_region(volumes.labels[0], 0.8)
+    inside = slices.deep_region(volumes.labels[0], 0.8)
     body = ndimage.binary_fill_holes((water + fat) > 0.5)
     blood = (water > 0.86) & (fat < 0.05)  # bright inflow; muscle has water <= 0.8
     n_deep = ndimage.label(blood & inside)[1]
@@ -465,7 +452,7 @@ def test_fascia_lines_between_compartments_and_around_the_muscles():
     assert between.sum() > 30 and within.sum() > 30
     assert dark[between].mean() > 0.15 and dark[within].mean() < 0.5 * dark[between].mean()
     # Fascia lata: along rays, a low-signal line just outside the muscles.
-    inside = muscle_mass(volumes.water[0])
+    inside = slices.muscle_mass(volumes.water[0])
     edge = inside & ~ndimage.binary_erosion(inside)
     ring = ndimage.binary_dilation(edge, iterations=round(2.0 / pixel)) & ~inside
     assert dark[ring].any()

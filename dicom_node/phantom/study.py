@@ -188,8 +188,9 @@ def station_truth(volumes: PhantomVolumes, station: str) -> PhantomVolumes:
     the muscles their region's model segments (``config/muscles.yaml``), so a score of one
     station never counts the other region's muscles as missed.
     """
-    own = np.zeros(load_muscles().left_label_offset + 100, dtype=bool)
-    own[list(load_muscles().for_region(station).combined_labels())] = True
+    table = load_muscles()
+    own = np.zeros(table.left_label_offset + 100, dtype=bool)
+    own[list(table.for_region(station).combined_labels())] = True
     labels = np.where(own[volumes.labels], volumes.labels, 0).astype(np.int16)
     return PhantomVolumes(labels, volumes.water, volumes.fat)
 
